@@ -1,0 +1,30 @@
+//! `tinyfast._native`: thin PyO3 bindings over tinyfast-core. Only type conversion lives here.
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use tinyfast_core::cpu::CpuCapabilities;
+
+/// The CPU capabilities the int8 runtime sees, as a dict:
+/// `{"arch": str, "features": {name: bool}, "kernels": [str, fastest first], "best_kernel": str}`.
+#[pyfunction]
+fn cpu_capabilities(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let caps = CpuCapabilities::detect();
+    let out = PyDict::new(py);
+    out.set_item("arch", caps.arch)?;
+    let features = PyDict::new(py);
+    for (name, on) in &caps.features {
+        features.set_item(*name, *on)?;
+    }
+    out.set_item("features", features)?;
+    let kernels: Vec<&str> = caps.kernels.iter().map(|k| k.name()).collect();
+    out.set_item("kernels", kernels)?;
+    out.set_item("best_kernel", caps.best().name())?;
+    Ok(out)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", tinyfast_core::VERSION)?;
+    m.add_function(wrap_pyfunction!(cpu_capabilities, m)?)?;
+    Ok(())
+}
