@@ -1,0 +1,5 @@
+import sys
+
+from tinyfast.cli import main
+
+sys.exit(main())
