@@ -167,3 +167,13 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     # Only rank 0 wrote the log: one line per step, not two.
     log = (tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()
     assert len(log) == len((tmp_path / "single" / "train_log.jsonl").read_text().splitlines())
+
+
+def test_fresh_run_discards_an_older_runs_checkpoints(tmp_path):
+    items, lengths = toy_dataset()
+    train.run(ToyClassifier(), items, lengths, _config(epochs=3), tmp_path)  # steps up to 36
+    train.run(ToyClassifier(), items, lengths, _config(epochs=1), tmp_path)  # 12 steps, fresh
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["step-00000012"]
+    log = (tmp_path / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == 12

@@ -20,6 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.command != "info":
+        _quiet_transformers()
     try:
         return args.run(args) or 0
     except TinyfastError as exc:
@@ -36,6 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("tinyfast: interrupted (rerun with --resume to continue from the last checkpoint)",
               file=sys.stderr)
         return 130
+
+
+def _quiet_transformers() -> None:
+    """Our own progress bar and summaries say what happens; transformers' per-load bars only add
+    noise to logs."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ModuleNotFoundError:
+        return
+    hf_logging.disable_progress_bar()
 
 
 def build_parser() -> argparse.ArgumentParser:

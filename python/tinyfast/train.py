@@ -140,6 +140,11 @@ def run(
     ckpt_root = work_dir / "checkpoints"
     if ctx.is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            # A fresh run must not leave an older run's checkpoints for a later --resume to find.
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+            (work_dir / "train_log.jsonl").unlink(missing_ok=True)
+    ctx.barrier()
     module.to(ctx.device)
 
     # The sampler hands each process its share of one optimizer step's rows, which the loop cuts
