@@ -1,25 +1,20 @@
 #!/usr/bin/env bash
-# Sourced by scripts/test.sh and scripts/demo.sh: makes sure a virtual environment with the pinned
-# dependencies (constraints.txt) and tinyfast itself exists, and sets $venv to it.
+# Sourced by scripts/test.sh and scripts/demo.sh: makes sure a virtual environment holds the pinned
+# dependencies (constraints.txt) and this checkout of tinyfast, and sets $venv to it.
 #
-# The environment is cached under ~/.cache/tinyfast (keyed by the dependency files), so later
-# runs do not reinstall torch. Set TINYFAST_VENV to use another location.
+# The environment lives under ~/.cache/tinyfast (set TINYFAST_VENV to move it) so later runs do
+# not download torch again; pip only installs what is missing or pinned differently.
 set -euo pipefail
 
-key=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
-venv=${TINYFAST_VENV:-"$HOME/.cache/tinyfast/venv-$key"}
 python=${PYTHON:-python3}
+tag=$("$python" -c 'import sys; print("py%d%d" % sys.version_info[:2])')
+venv=${TINYFAST_VENV:-"$HOME/.cache/tinyfast/venv-$tag"}
 
-if [ ! -f "$venv/.complete" ]; then
-  echo "== creating $venv (first run: installs torch, about 6 GB)"
-  rm -rf "$venv"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating $venv (the first run installs torch: several minutes, about 6 GB)"
   "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --upgrade pip
-  "$venv/bin/pip" install --quiet -c constraints.txt maturin
-  "$venv/bin/pip" install --quiet -c constraints.txt -e ".[train,dev]"
-  touch "$venv/.complete"
 fi
-
-# The extension is rebuilt from this checkout every time (the venv may serve several checkouts).
-echo "== building tinyfast._native"
-"$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e .
+echo "== installing pinned dependencies and building tinyfast._native"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -c constraints.txt maturin
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation \
+  -c constraints.txt -e ".[train,dev]"

@@ -104,6 +104,17 @@ def tiny_student_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def max_length() -> int:
+    """Token budget of every tiny run (the teacher has 64 positions)."""
+    return MAX_LENGTH
+
+
+@pytest.fixture(scope="session")
+def student_shape(tiny_student_json: Path) -> dict[str, int]:
+    return json.loads(tiny_student_json.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
 def make_config() -> Callable[..., Any]:
     """TrainConfig for tiny runs: CPU, small batches, no progress bar, no mid-epoch saves."""
     from tinyfast.train import TrainConfig

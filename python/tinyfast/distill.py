@@ -33,6 +33,7 @@ from tinyfast.losses import (
 from tinyfast.models import (
     build_student,
     check_heads,
+    check_max_length,
     count_parameters,
     forward_internals,
     load_classifier,
@@ -125,7 +126,7 @@ def _heldout_split(lines: int, share: float, cap: int, seed: int) -> tuple[list[
     rng = random.Random(seed)
     order = list(range(lines))
     rng.shuffle(order)
-    n_held = min(cap, max(1, int(lines * share))) if lines > 1 else 0
+    n_held = min(cap, max(1, int(lines * share))) if share > 0 and lines > 1 else 0
     return sorted(order[n_held:]), sorted(order[:n_held])
 
 
@@ -187,6 +188,9 @@ def distill_general(
     ctx = distributed.setup(config.device)
     tokenizer = load_tokenizer(teacher)
     teacher_model = load_encoder(teacher)
+    check_max_length(max_length, teacher_model.config, "the teacher")
+    if not 0 <= heldout < 1:
+        raise ConfigError(f"heldout is a share of the corpus in [0, 1) (got {heldout})")
     meta = TaskMeta(task="classification", labels=[], columns=Columns(label=None),
                     max_length=max_length)
     corpus_split = encode_split(tokenizer, corpus_examples(corpus), meta, with_labels=False)
@@ -194,6 +198,7 @@ def distill_general(
     train_split, held_split = _subset(corpus_split, train_rows), _subset(corpus_split, held_rows)
 
     s_cfg = student_config(student, teacher_model.config, None)
+    torch.manual_seed(config.seed)  # the same seed gives the same student and projections
     student_model = build_student(s_cfg, init=init, teacher=teacher_model,
                                   checkpoint=init_checkpoint)
     step = make_intermediate_step(student_model, teacher_model, options)
@@ -296,7 +301,9 @@ def distill_task(
     if augmented is not None:
         train_split = load_unlabeled(tokenizer, augmented, meta)
 
+    check_max_length(meta.max_length, teacher_model.config, "the teacher")
     s_cfg = student_config(student, teacher_model.config, meta)
+    torch.manual_seed(base.seed)  # the same seed gives the same student and projections
     student_model = build_student(s_cfg, init=init, teacher=teacher_model,
                                   teacher_layers=teacher_layers, checkpoint=init_checkpoint,
                                   meta=meta)

@@ -15,6 +15,7 @@ from tinyfast.data import Columns
 from tinyfast.evaluation import classifier_logits, main_metric, predict_logits, task_metrics
 from tinyfast.models import (
     build_student,
+    check_max_length,
     count_parameters,
     load_classifier,
     load_encoder,
@@ -77,6 +78,7 @@ def finetune(
     tokenizer = load_tokenizer(teacher)
     meta, train_split, dev_split = load_labeled(
         tokenizer, train_path, dev_path, columns=columns, task=task, max_length=max_length)
+    torch.manual_seed(config.seed)  # new heads and students start the same for the same seed
     if student is None:
         model = load_classifier(teacher, meta)
     else:
@@ -84,6 +86,7 @@ def finetune(
         source = load_encoder(teacher)
         model = build_student(student_config(student, source.config, meta), init=init,
                               teacher=source, checkpoint=init_checkpoint, meta=meta)
+    check_max_length(max_length, model.config)
     pad_id = tokenizer.pad_token_id or 0
 
     def save_best(metrics: dict[str, float]) -> None:

@@ -724,3 +724,13 @@ def _replace_dir(new: Path, target: Path) -> None:
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameters (tied weights count once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def check_max_length(max_length: int, config: PretrainedConfig, what: str = "the model") -> None:
+    """A sequence longer than the position table would fail deep inside torch; say so up front."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise ConfigError(
+            f"max length {max_length} exceeds {what}'s {positions} position embeddings; "
+            f"use --max-length {positions} or less"
+        )
