@@ -212,7 +212,9 @@ class Branches(nn.Module):
         if not _is_int(hidden) or hidden < 1:
             raise ConfigError(f"branches: hidden size must be a positive integer, got {hidden!r}")
         if not _is_int(num_labels) or num_labels < 1:
-            raise ConfigError(f"branches: num_labels must be a positive integer, got {num_labels!r}")
+            raise ConfigError(
+                f"branches: num_labels must be a positive integer, got {num_labels!r}"
+            )
         _check_width(width, heads, "branches")
         self.hidden = hidden
         self.num_labels = num_labels
@@ -422,7 +424,6 @@ def random_branches(
     # A private RNG stream: the caller's torch seed state stays untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        branches = Branches(
-            config.hidden_size, config.num_labels, list(zip(layers, kinds)), width, heads
-        )
+        exits = list(zip(layers, kinds, strict=True))
+        branches = Branches(config.hidden_size, config.num_labels, exits, width, heads)
     return branches.eval()

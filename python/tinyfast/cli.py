@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tinyfast.errors import TinyfastError
+from tinyfast.export import add_export_command
 
 EXIT_USAGE = 2
 
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("data", help="TSV with header or JSONL, with the model's columns")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.set_defaults(run=_evaluate)
+
+    add_export_command(sub)
     return parser
 
 

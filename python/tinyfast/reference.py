@@ -32,6 +32,7 @@ __all__ = [
     "BUNDLE_WEIGHTS",
     "ReferenceModel",
     "expected_tensors",
+    "int8_linear",
     "quantize_activations",
     "read_bundle_config",
     "read_safetensors",
@@ -58,7 +59,6 @@ _ARCH_INTS = (
     "type_vocab_size",
 )
 _DTYPES = {"F32": np.dtype("<f4"), "I8": np.dtype("i1")}
-_LINEARS = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,6 +86,25 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return q, s, zp
 
 
+def int8_linear(
+    x: np.ndarray, weight: np.ndarray, scale: np.ndarray, bias: np.ndarray,
+    col_sums: np.ndarray | None = None,
+) -> np.ndarray:
+    """``y[t,o] = s[t] * scale[o] * (sum_k q[t,k] * qw[o,k] - zp[t] * sum_k qw[o,k]) + bias[o]``.
+
+    ``x`` [T, K] float32 activations, ``weight`` [O, K] int8 codes. The sums are exact integers
+    (int64); ``col_sums`` (sum_k qw[o, k]) may be passed precomputed, as the runtime prepacks it.
+    """
+    q, s, zp = quantize_activations(x)
+    w = weight.astype(np.int64)
+    if col_sums is None:
+        col_sums = w.sum(axis=1)
+    acc = q.astype(np.int64) @ w.T
+    acc = acc - zp[:, None] * col_sums[None, :]
+    y = s.astype(np.float64)[:, None] * scale.astype(np.float64)[None, :] * acc + bias
+    return y.astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # Reading a bundle
 
@@ -109,7 +128,8 @@ def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"{where}: expected a JSON object")
     if config.get("format") != BUNDLE_FORMAT:
-        raise ConfigError(f"{where}: format is {config.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+        raise ConfigError(f"{where}: format is {config.get('format')!r}, expected "
+                          f"{BUNDLE_FORMAT!r}")
     version = config.get("format_version")
     if not _is_int(version) or version != BUNDLE_VERSION:
         raise ConfigError(f"{where}: format_version is {version!r}; this reader knows version "
@@ -402,12 +422,8 @@ class ReferenceModel:
         weight, bias = self.tensors[name + ".weight"], self.tensors[name + ".bias"]
         if not self.quantized:
             return _dense(x, weight, bias)
-        q, s, zp = quantize_activations(x)
-        acc = q.astype(np.int64) @ weight.astype(np.int64).T  # exact integer dot products
-        acc = acc - zp[:, None] * self._col_sums[name + ".weight"][None, :]
-        scale = self.tensors[name + ".scale"].astype(np.float64)
-        y = s.astype(np.float64)[:, None] * scale[None, :] * acc.astype(np.float64) + bias
-        return _f32(y)
+        return int8_linear(x, weight, self.tensors[name + ".scale"], bias,
+                           self._col_sums[name + ".weight"])
 
     def _layer(self, x: np.ndarray, layer: int, key_bias: np.ndarray) -> np.ndarray:
         p = f"layers.{layer}."
