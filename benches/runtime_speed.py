@@ -1,0 +1,1068 @@
+"""Runtime speed: tinyfast's int8 runtime against PyTorch and ONNX Runtime, in one process run.
+
+Every contender classifies the same texts with the same thread count, tokenization included:
+
+  torch_fp32          the Hugging Face model in eval mode under torch.inference_mode
+  torch_int8_dynamic  torch.ao.quantization.quantize_dynamic on every nn.Linear (qint8)
+  ort_int8            ONNX export (dynamic batch and sequence axes), then
+                      onnxruntime.quantization.quantize_dynamic (QInt8 weights)
+  ort_int8_fused      the same after ONNX Runtime's BERT graph optimizer (fused Attention,
+                      EmbedLayerNormalization, SkipLayerNormalization, BiasGelu)
+  tinyfast_int8       tinyfast.Runtime on an int8 bundle, speed 0 (no early exit)
+  tinyfast_f32        the same on an f32 bundle
+
+Workloads are ``BATCHxSEQ`` (default 1x32, 1x128, 32x32): texts built to tokenize to exactly SEQ
+tokens including [CLS] and [SEP], so no contender pads or truncates. Contenders take turns round by
+round (rotating who goes first) so machine noise hits all of them alike. The JSON holds latency
+percentiles, throughput, ratios against ort_int8 from the same run, label agreement with
+torch_fp32 on the same inputs, and whether tinyfast meets its goal: batch-1 p50 latency <= 0.7x
+that of the faster ORT int8 recipe. Contenders that cannot run are recorded with the reason, never
+with numbers.
+
+    python benches/runtime_speed.py --threads 1 --out bench-results/runtime_speed.json
+    python benches/runtime_speed.py --model runs/student/model --texts ../shared/data/sst2/dev.tsv
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import inspect
+import json
+import logging
+import math
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REFERENCE = "torch_fp32"
+BASELINE = "ort_int8"
+# ONNX Runtime int8, plain and graph-fused: the goal compares with the faster of the two.
+ORT_INT8 = ("ort_int8", "ort_int8_fused")
+CONTENDERS = (
+    "torch_fp32",
+    "torch_int8_dynamic",
+    "ort_int8",
+    "ort_int8_fused",
+    "tinyfast_int8",
+    "tinyfast_f32",
+)
+SCHEMA_VERSION = 1
+
+# Words for generated sentences when no --texts file is given (fixed seed, plain English).
+_WORDS = (
+    "the a an this that film movie story plot actor actress director scene scenes music score "
+    "camera script dialogue ending start middle character characters audience critic review "
+    "is was are were seems feels looks sounds becomes remains makes gives takes shows tells "
+    "good great bad awful funny sad dull bright clever stupid warm cold long short slow quick "
+    "beautiful ugly charming boring moving flat sharp honest fake fresh tired strong weak "
+    "very quite rather too so almost never always often sometimes really truly barely "
+    "and but or yet because while although when if than then also still even just only "
+    "of in on at by with without for from about into over under after before through "
+    "we you they he she it one some many few every most all no each other another "
+    "time life love world people man woman child family friend night day year work way "
+    "enough much more less little big small old new young first last best worst whole "
+    "performance performances humor drama comedy thriller romance action effects pace tone"
+).split()
+
+
+# ---------------------------------------------------------------------------------------------
+# What a contender is
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # [rows] int
+    probabilities: np.ndarray  # [rows, num_labels] float
+    exit_layers: np.ndarray | None = None  # [rows] int, tinyfast only
+
+
+@dataclass
+class Contender:
+    name: str
+    # One timed call: raw texts and the workload's sequence length in, answers out.
+    predict: Callable[[list[str], int], Prediction]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Workload:
+    batch: int
+    seq_len: int
+    texts: list[str]  # the pool; call k uses rows [k*batch, (k+1)*batch) modulo the pool
+
+    @property
+    def name(self) -> str:
+        return f"b{self.batch}_s{self.seq_len}"
+
+    def call_texts(self, k: int) -> list[str]:
+        calls = len(self.texts) // self.batch
+        start = (k % calls) * self.batch
+        return self.texts[start : start + self.batch]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _from_logits(logits: np.ndarray) -> Prediction:
+    probs = _softmax(logits.astype(np.float32, copy=False))
+    return Prediction(labels=probs.argmax(axis=-1), probabilities=probs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and texts
+
+
+def build_tinybert4(out_dir: Path, seed: int, max_length: int) -> dict[str, Any]:
+    """A tinybert4-shaped classifier with random weights and the packaged MiniLM tokenizer."""
+    import torch
+    from transformers import AutoConfig, BertForSequenceClassification
+
+    from tinyfast.data import Columns, TaskMeta
+    from tinyfast.models import (
+        MINILM,
+        load_tokenizer,
+        resolve_model_path,
+        save_classifier,
+        student_config,
+    )
+
+    tokenizer = load_tokenizer(MINILM)
+    teacher_config = AutoConfig.from_pretrained(resolve_model_path(MINILM), local_files_only=True)
+    config = student_config("tinybert4", teacher_config)
+    if len(tokenizer) != config.vocab_size:
+        raise SystemExit(
+            f"runtime_speed: the MiniLM tokenizer has {len(tokenizer)} tokens but its config "
+            f"says vocab_size {config.vocab_size}"
+        )
+    config.num_labels = 2
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config).eval()
+    meta = TaskMeta("classification", ["0", "1"], Columns(), max_length=max_length)
+    save_classifier(model, tokenizer, meta, out_dir)
+    return {
+        "source": f"built: tinybert4 preset, random weights (torch seed {seed}), MiniLM tokenizer",
+        "path": str(out_dir),
+    }
+
+
+def load_source_texts(path: str | None, column: str, seed: int) -> tuple[list[str], str]:
+    """Real sentences from a TSV/JSONL/text file, or generated ones; and where they came from."""
+    if path is not None:
+        from tinyfast.data import Columns, detect_format, read_examples
+
+        fmt = detect_format(path)
+        columns = Columns(text_a=column, label=None) if fmt != "text" else Columns(label=None)
+        texts = [ex.text_a for ex in read_examples(path, columns, format=fmt) if ex.text_a.strip()]
+        if not texts:
+            raise SystemExit(f"runtime_speed: {path}: no non-empty texts")
+        return texts, f"file: {path} (column {column!r})" if fmt != "text" else f"file: {path}"
+    rng = random.Random(seed)
+    texts = [
+        " ".join(rng.choice(_WORDS) for _ in range(rng.randint(6, 24))) + " ." for _ in range(500)
+    ]
+    return texts, f"generated: 500 sentences of 6-24 words from a fixed list, seed {seed}"
+
+
+def _word_stream(texts: Sequence[str], start: int) -> Iterator[str]:
+    """Words of the texts in order, starting at text ``start`` and wrapping around, forever."""
+    n = len(texts)
+    for i in range(start, start + 1_000_000):
+        yield from texts[i % n].split()
+
+
+def exact_length_texts(tokenizer: Any, texts: Sequence[str], seq_len: int, count: int) -> list[str]:
+    """``count`` texts that tokenize to exactly ``seq_len`` tokens, special tokens included.
+
+    Each is consecutive words of the source texts (text i starts at source text 7i); a word whose
+    tokens would overshoot is skipped, so the count lands exactly. Checked on the whole text.
+    """
+    content = seq_len - tokenizer.num_special_tokens_to_add(pair=False)
+    if content < 1:
+        raise SystemExit(f"runtime_speed: sequence length {seq_len} leaves no room for text")
+    sizes: dict[str, int] = {}
+    out = []
+    for i in range(count):
+        words: list[str] = []
+        have = 0
+        for tries, word in enumerate(_word_stream(texts, i * 7)):
+            if word not in sizes:
+                sizes[word] = len(tokenizer(word, add_special_tokens=False)["input_ids"])
+            size = sizes[word]
+            if size and have + size <= content:
+                words.append(word)
+                have += size
+            if have == content:
+                break
+            if tries > 100 * seq_len:
+                raise SystemExit(f"runtime_speed: cannot build a text of {seq_len} tokens")
+        text = " ".join(words)
+        got = len(tokenizer(text)["input_ids"])
+        if got != seq_len:
+            raise SystemExit(
+                f"runtime_speed: built a text of {got} tokens instead of {seq_len} (the "
+                "tokenizer does not count words independently); use --texts with other text"
+            )
+        out.append(text)
+    return out
+
+
+def linear_gop_per_call(config: Any, batch: int, seq_len: int) -> float:
+    """Multiply-adds x2 of the encoder's matmuls (linears and attention) per call, in GOP."""
+    h, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    tokens = batch * seq_len
+    linears = 2 * tokens * layers * (4 * h * h + 2 * h * f)
+    attention = 2 * batch * layers * 2 * seq_len * seq_len * h
+    head = 2 * batch * (h * h + h * config.num_labels)
+    return (linears + attention + head) / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# Contenders
+
+
+def _hf_encode(tokenizer: Any, texts: list[str], seq_len: int, tensors: str) -> Any:
+    return tokenizer(
+        texts, padding=True, truncation=True, max_length=seq_len, return_tensors=tensors
+    )
+
+
+def torch_contenders(model_dir: Path, tokenizer: Any) -> list[Contender]:
+    """torch_fp32 and torch_int8_dynamic, from the same loaded model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False
+        )
+    quantized.eval()
+
+    def runner(m: Any) -> Callable[[list[str], int], Prediction]:
+        def predict(texts: list[str], seq_len: int) -> Prediction:
+            enc = _hf_encode(tokenizer, texts, seq_len, "pt")
+            with torch.inference_mode():
+                logits = m(**enc).logits
+            return _from_logits(logits.float().numpy())
+
+        return predict
+
+    attn = getattr(model.config, "_attn_implementation", None)
+    common = {"attention": attn, "tokenizer": "HF fast tokenizer, padding=longest, truncation"}
+    return [
+        Contender(
+            "torch_fp32",
+            runner(model),
+            {**common, "dtype": "float32", "mode": "eval + torch.inference_mode"},
+        ),
+        Contender(
+            "torch_int8_dynamic",
+            runner(quantized),
+            {
+                **common,
+                "quantization": "torch.ao.quantization.quantize_dynamic({nn.Linear}, "
+                "dtype=torch.qint8): int8 weights per tensor, activations quantized per call",
+                "quantized_engine": torch.backends.quantized.engine,
+                "mode": "eval + torch.inference_mode",
+            },
+        ),
+    ]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silences the exporter's deprecation warnings and the quantizer's root-logger advice."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def ort_contenders(
+    model_dir: Path, tokenizer: Any, work: Path, threads: int, wanted: Sequence[str]
+) -> list[Contender]:
+    """One ONNX export; ort_int8 quantizes it as is, ort_int8_fused after ORT's BERT fusions."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModelForSequenceClassification
+
+    # Eager attention exports as plain MatMul/Softmax, which ORT's optimizer fuses into its
+    # Attention op (the SDPA export is not recognised). Same math as the torch contenders.
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, local_files_only=True, attn_implementation="eager"
+    ).eval()
+    sample = _hf_encode(tokenizer, ["a first example text", "a second one"], 16, "pt")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            return self.inner(**dict(zip(names, tensors, strict=True))).logits
+
+    fp32_path = work / "fp32.onnx"
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    opset = 17
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(
+            Logits(model).eval(),  # export restores the wrapper's mode on all submodules
+            tuple(sample[n] for n in names),
+            str(fp32_path),
+            dynamo=False,
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+        )
+        expected = model(**{n: sample[n] for n in names}).logits.numpy()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    feeds = {n: sample[n].numpy() for n in names}
+    check = ort.InferenceSession(str(fp32_path), options, providers=["CPUExecutionProvider"])
+    export_diff = float(np.abs(check.run(["logits"], feeds)[0] - expected).max())
+    del check
+    export = {
+        "exporter": "torch.onnx.export(dynamo=False) (TorchScript; the default dynamo exporter "
+        "needs onnxscript and its graph is not fused by ORT's BERT optimizer)",
+        "opset": opset,
+        "attention": "eager",
+        "inputs": names,
+        "dynamic_axes": {n: ["batch", "sequence"] for n in names},
+        "fp32_onnx_max_abs_logit_diff_vs_torch": export_diff,
+    }
+    quant = {
+        "tool": "onnxruntime.quantization.quantize_dynamic",
+        "weight_type": "QInt8",
+        "per_channel": False,
+        "reduce_range": False,
+        "op_types_to_quantize": "default (all ORT integer ops: MatMul, Attention, Gather, ...)",
+        "extra_options": {"DefaultTensorType": "FLOAT"},
+    }
+    session_settings = {
+        "intra_op_num_threads": threads,
+        "inter_op_num_threads": 1,
+        "execution_mode": "ORT_SEQUENTIAL",
+        "graph_optimization_level": "ORT_ENABLE_ALL",
+        "providers": ["CPUExecutionProvider"],
+    }
+
+    out = []
+    for name in (n for n in ORT_INT8 if n in wanted):
+        to_quantize, optimizer = fp32_path, "none"
+        if name == "ort_int8_fused":
+            from onnxruntime.transformers.optimizer import optimize_model
+
+            with _quiet():
+                optimized = optimize_model(
+                    str(fp32_path),
+                    model_type="bert",
+                    num_heads=model.config.num_attention_heads,
+                    hidden_size=model.config.hidden_size,
+                    opt_level=0,
+                )
+            to_quantize = work / "fused.onnx"
+            optimized.save_model_to_file(str(to_quantize))
+            optimizer = {
+                "tool": "onnxruntime.transformers.optimizer.optimize_model",
+                "model_type": "bert",
+                "opt_level": 0,
+                "fused_operators": {
+                    k: v for k, v in optimized.get_fused_operator_statistics().items() if v
+                },
+            }
+        int8_path = work / f"{name}.onnx"
+        with _quiet():
+            quantize_dynamic(
+                str(to_quantize),
+                str(int8_path),
+                weight_type=QuantType.QInt8,
+                per_channel=False,
+                reduce_range=False,
+                # Shape inference cannot type the outputs of ORT's fused contrib ops.
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        session = ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
+        ops = Counter(node.op_type for node in onnx.load(str(int8_path)).graph.node)
+        settings = {
+            "export": export,
+            "graph_optimizer": optimizer,
+            "quantization": quant,
+            "int8_graph_ops": dict(ops.most_common()),
+            "session": session_settings,
+            "tokenizer": "HF fast tokenizer, padding=longest, truncation",
+            "model_bytes": int8_path.stat().st_size,
+        }
+        out.append(Contender(name, _ort_predict(session, tokenizer), settings))
+    return out
+
+
+def _ort_predict(session: Any, tokenizer: Any) -> Callable[[list[str], int], Prediction]:
+    inputs = [i.name for i in session.get_inputs()]
+
+    def predict(texts: list[str], seq_len: int) -> Prediction:
+        enc = _hf_encode(tokenizer, texts, seq_len, "np")
+        logits = session.run(["logits"], {n: enc[n].astype(np.int64, copy=False) for n in inputs})
+        return _from_logits(logits[0])
+
+    return predict
+
+
+def tinyfast_contender(
+    name: str, model_dir: Path, work: Path, dtype: str, threads: int, max_length: int
+) -> tuple[Contender | None, dict[str, Any], Any, dict[str, Any] | None]:
+    """(contender or None, record, runtime, bundle's tinyfast.json) for one bundle dtype."""
+    import tinyfast
+
+    if not hasattr(tinyfast, "Runtime"):
+        return None, {"skipped": "runtime not built"}, None, None
+    try:
+        from tinyfast.export import export
+    except ImportError as exc:
+        return None, {"skipped": f"tinyfast.export is not available: {exc}"}, None, None
+    bundle = work / f"bundle-{dtype}"
+    # A bundle long enough for every workload, where export lets us say so (its default is the
+    # checkpoint's training max_length, which may be shorter than the longest workload).
+    try:
+        takes_length = "max_length" in inspect.signature(export).parameters
+    except (TypeError, ValueError):
+        takes_length = False
+    extra = {"max_length": max_length} if takes_length else {}
+    try:
+        export(model_dir, bundle, dtype=dtype, **extra)
+        meta = json.loads((bundle / "tinyfast.json").read_text())
+        runtime = tinyfast.Runtime.load(bundle, threads=threads)
+    except Exception as exc:  # the runtime is young: record what broke, run the others
+        return None, {"failed": f"{type(exc).__name__}: {exc}"}, None, None
+
+    def predict(texts: list[str], seq_len: int) -> Prediction:
+        res = runtime.predict(texts, speed=0.0, batch_size=len(texts))
+        return Prediction(
+            np.asarray(res.labels), np.asarray(res.probabilities), np.asarray(res.exit_layers)
+        )
+
+    settings = {
+        "bundle": f"tinyfast.export.export(model, out, dtype={dtype!r}"
+        + "".join(f", {k}={v!r}" for k, v in extra.items())
+        + ")",
+        "bundle_dir": str(bundle),
+        "quantization": meta.get("quantization"),
+        "max_length": meta.get("max_length"),
+        "exits": meta.get("exits", []),
+        "speed": 0.0,
+        "threads": threads,
+        "tokenizer": "the runtime's own (bundle tokenizer.json)",
+        "bundle_bytes": sum(p.stat().st_size for p in bundle.iterdir() if p.is_file()),
+    }
+    if hasattr(tinyfast, "cpu_capabilities"):
+        settings["kernel"] = tinyfast.cpu_capabilities().get("best_kernel")
+    return Contender(name, predict, settings), {"settings": settings}, runtime, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+
+def predict_pool(contender: Contender, workload: Workload) -> Prediction:
+    """The contender's answers on the whole pool, in calls of the workload's batch size."""
+    calls = len(workload.texts) // workload.batch
+    parts = [contender.predict(workload.call_texts(k), workload.seq_len) for k in range(calls)]
+    exits = [p.exit_layers for p in parts]
+    return Prediction(
+        np.concatenate([p.labels for p in parts]),
+        np.concatenate([p.probabilities for p in parts]),
+        None if any(e is None for e in exits) else np.concatenate(exits),
+    )
+
+
+def time_round_robin(
+    contenders: Sequence[Contender], workload: Workload, warmup: int, repeats: int, calls: int
+) -> dict[str, list[float]]:
+    """Seconds per call for each contender; round r starts with contender r mod n."""
+    if not contenders:
+        return {}
+    for c in contenders:
+        for k in range(warmup):
+            c.predict(workload.call_texts(k), workload.seq_len)
+    samples: dict[str, list[float]] = {c.name: [] for c in contenders}
+    served = dict.fromkeys(samples, 0)  # each contender sees the same sequence of batches
+    # The collector stays off while a contender runs. Freezing the objects alive now (models,
+    # torch, transformers: millions) keeps the collections between blocks cheap.
+    gc.collect()
+    gc.freeze()
+    try:
+        for r in range(repeats):
+            n = len(contenders)
+            for c in list(contenders[r % n :]) + list(contenders[: r % n]):
+                gc.collect()
+                gc.disable()
+                try:
+                    for _ in range(calls):
+                        texts = workload.call_texts(served[c.name])
+                        served[c.name] += 1
+                        start = time.perf_counter()
+                        c.predict(texts, workload.seq_len)
+                        samples[c.name].append(time.perf_counter() - start)
+                finally:
+                    gc.enable()
+    finally:
+        gc.unfreeze()
+    return samples
+
+
+def latency_stats(seconds: Sequence[float], rows_per_call: int, gop_per_call: float) -> dict:
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    mean = float(ms.mean())
+    return {
+        "calls": int(ms.size),
+        "latency_ms": {
+            "p50": p50,
+            "p90": p90,
+            "p99": p99,
+            "mean": mean,
+            "min": float(ms.min()),
+            "max": float(ms.max()),
+            "std": float(ms.std()),
+        },
+        "throughput_rows_per_s": rows_per_call * ms.size / (ms.sum() / 1e3),
+        "effective_gops": gop_per_call / (mean / 1e3),
+    }
+
+
+def agreement(pred: Prediction, ref: Prediction) -> dict[str, Any]:
+    return {
+        "rows": int(ref.labels.size),
+        "label_agreement": float(np.mean(pred.labels == ref.labels)),
+        "max_abs_prob_diff": float(np.abs(pred.probabilities - ref.probabilities).max()),
+    }
+
+
+def ratios_vs(results: dict[str, dict], baseline: str) -> dict[str, Any]:
+    base = results.get(baseline, {})
+    if "latency_ms" not in base:
+        return {"skipped": f"{baseline} has no numbers in this run"}
+    out = {}
+    for name, res in results.items():
+        if "latency_ms" in res:
+            out[name] = {
+                stat: res["latency_ms"][stat] / base["latency_ms"][stat] for stat in ("p50", "mean")
+            }
+    return out
+
+
+def goal_summary(workloads: dict[str, dict], target: float) -> dict[str, Any]:
+    """tinyfast_int8 p50 over the faster ORT int8 recipe's p50 on each batch-1 workload."""
+    summary: dict[str, Any] = {
+        "target": target,
+        "metric": "p50 latency per call of tinyfast_int8 (speed 0) / the faster of ort_int8 and "
+        "ort_int8_fused in the same run, on every batch-1 workload; met if all <= target",
+    }
+    per, missing = {}, {}
+    for name, wl in workloads.items():
+        if wl["batch"] != 1:
+            continue
+        res = wl["results"]
+        ours = res.get("tinyfast_int8", {})
+        orts = {n: res[n]["latency_ms"]["p50"] for n in ORT_INT8 if "latency_ms" in res.get(n, {})}
+        if "latency_ms" not in ours:
+            missing[name] = ours.get("skipped") or ours.get("failed") or "tinyfast_int8 not run"
+            continue
+        if not orts:
+            missing[name] = "no ONNX Runtime int8 numbers"
+            continue
+        best = min(orts, key=orts.__getitem__)
+        p50 = ours["latency_ms"]["p50"]
+        per[name] = {
+            "ratio": p50 / orts[best],
+            "vs": best,
+            "tinyfast_int8_p50_ms": p50,
+            "ort_p50_ms": orts[best],
+        }
+        if BASELINE in orts:
+            per[name]["ratio_vs_ort_int8"] = p50 / orts[BASELINE]
+    summary["per_workload"] = per
+    if missing:
+        summary["goal_met"] = None
+        summary["reason"] = "; ".join(f"{k}: {v}" for k, v in missing.items())
+    elif not per:
+        summary["goal_met"] = None
+        summary["reason"] = "no batch-1 workload in this run"
+    else:
+        summary["goal_met"] = all(v["ratio"] <= target for v in per.values())
+    return summary
+
+
+def measure_early_exit(
+    runtime: Any,
+    meta: dict[str, Any] | None,
+    skip_reason: str | None,
+    workloads: Sequence[Workload],
+    speeds: Sequence[float],
+    args: argparse.Namespace,
+    not_comparable: dict[str, str],
+) -> dict[str, Any]:
+    """Time and exit layers of the int8 runtime at several speeds, on the same workloads.
+
+    ``not_comparable`` maps the workloads tinyfast_int8 could not run as the peers did to why.
+
+    Shape of the record: ``{"exits", "num_layers", "speeds", "workloads": {wl: {"speed=S":
+    {latency stats, speedup_vs_speed0_p50, mean_exit_layer, exit_layer_counts,
+    label_agreement_vs_speed0}}}, "forced_exit": {...}}``.
+    """
+    if runtime is None or meta is None:
+        return {"skipped": skip_reason or "tinyfast_int8 did not run"}
+    exits = meta.get("exits") or []
+    if not exits:
+        return {"skipped": "the bundle has no exit branches (the model has no branches.json)"}
+    speeds = sorted({0.0, *speeds})  # speed 0 (no exit) first: the base of every comparison
+    num_layers = meta["architecture"]["num_layers"]
+
+    def at_speed(speed: float) -> Contender:
+        def predict(texts: list[str], seq_len: int) -> Prediction:
+            res = runtime.predict(texts, speed=speed, batch_size=len(texts))
+            return Prediction(
+                np.asarray(res.labels), np.asarray(res.probabilities), np.asarray(res.exit_layers)
+            )
+
+        return Contender(f"speed={speed:g}", predict)
+
+    variants = [at_speed(s) for s in speeds]
+    record: dict[str, Any] = {
+        "exits": exits,
+        "num_layers": num_layers,
+        "speeds": list(speeds),
+        "workloads": {},
+        "forced_exit": {"skipped": "not wired yet (branches forced to exit a known share)"},
+    }
+    for wl in workloads:
+        if wl.name in not_comparable:
+            record["workloads"][wl.name] = {"skipped": not_comparable[wl.name]}
+            continue
+        preds = {v.name: predict_pool(v, wl) for v in variants}
+        samples = time_round_robin(variants, wl, args.warmup, args.repeats, args.calls)
+        base = preds[variants[0].name]
+        base_p50 = float(np.percentile(samples[variants[0].name], 50))
+        rows = {}
+        for v in variants:
+            p = preds[v.name]
+            layers = p.exit_layers if p.exit_layers is not None else np.full(p.labels.size, -1)
+            stats = latency_stats(samples[v.name], wl.batch, 0.0)
+            stats.pop("effective_gops")
+            stats["speedup_vs_speed0_p50"] = base_p50 / float(np.percentile(samples[v.name], 50))
+            stats["mean_exit_layer"] = float(np.mean(layers))
+            stats["exit_layer_counts"] = {
+                str(k): int(n) for k, n in sorted(Counter(layers.tolist()).items())
+            }
+            stats["label_agreement_vs_speed0"] = float(np.mean(p.labels == base.labels))
+            rows[v.name] = stats
+        record["workloads"][wl.name] = rows
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine and report
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())  # the first core's values
+    cpu = fields.get("model name") or platform.processor() or "unknown"
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+    flags = [f for f in fields.get("flags", "").split() if f in wanted]
+    info: dict[str, Any] = {
+        "cpu_model": cpu,
+        "cpu_flags": flags,
+        "logical_cores": os.cpu_count(),
+        "threads_used": threads,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    if hasattr(os, "sched_getaffinity"):
+        info["cores_available"] = len(os.sched_getaffinity(0))
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = list(os.getloadavg())
+    versions = {}
+    for module in ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            versions[module] = None
+    import tinyfast
+
+    versions["tinyfast"] = getattr(tinyfast, "__version__", None)
+    info["versions"] = versions
+    if hasattr(tinyfast, "cpu_capabilities"):
+        info["tinyfast_cpu_capabilities"] = tinyfast.cpu_capabilities()
+    return info
+
+
+def print_table(report: dict[str, Any], stream: Any = sys.stdout) -> None:
+    head = f"{'workload':<10} {'contender':<19} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+    head += f"{'mean ms':>9} {'rows/s':>9} {'/ort p50':>8} {'agree':>6}"
+    print(head, file=stream)
+    for wl_name, wl in report["workloads"].items():
+        for name in report["contenders"]:
+            res = wl["results"].get(name, {})
+            if "latency_ms" not in res:
+                why = res.get("skipped") or res.get("failed") or "not run"
+                print(f"{wl_name:<10} {name:<19} ({why})", file=stream)
+                continue
+            lat = res["latency_ms"]
+            ratio = wl["ratios_vs_ort_int8"].get(name, {}).get("p50", math.nan)
+            agree = wl["parity_vs_torch_fp32"].get(name, {}).get("label_agreement", math.nan)
+            print(
+                f"{wl_name:<10} {name:<19} {lat['p50']:9.3f} {lat['p90']:9.3f} "
+                f"{lat['p99']:9.3f} {lat['mean']:9.3f} {res['throughput_rows_per_s']:9.1f} "
+                f"{ratio:8.3f} {agree:6.3f}",
+                file=stream,
+            )
+    goal = report["tinyfast_over_ort_int8"]
+    shown = ", ".join(
+        f"{k} {v['ratio']:.3f} (vs {v['vs']})" for k, v in goal["per_workload"].items()
+    )
+    verdict = goal["goal_met"] if goal["goal_met"] is not None else goal.get("reason")
+    print(
+        f"tinyfast_over_ort_int8 (target <= {goal['target']}): {shown or 'no numbers'}; "
+        f"met: {verdict}",
+        file=stream,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def parse_workloads(spec: str) -> list[tuple[int, int]]:
+    out = []
+    for part in spec.split(","):
+        batch, sep, seq = part.strip().lower().partition("x")
+        if not sep or not batch.isdigit() or not seq.isdigit() or int(batch) < 1 or int(seq) < 3:
+            raise argparse.ArgumentTypeError(f"bad workload {part!r}: want BATCHxSEQ, e.g. 1x32")
+        out.append((int(batch), int(seq)))
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--model",
+        help="HF BERT-family classifier checkpoint with a fast tokenizer "
+        "(default: a random tinybert4-shaped model with the MiniLM tokenizer)",
+    )
+    p.add_argument("--texts", help="TSV/JSONL/txt file of real sentences (default: generated)")
+    p.add_argument("--text-column", default="sentence", help="TSV/JSONL column of --texts")
+    p.add_argument("--threads", type=int, default=1, help="threads for every contender")
+    p.add_argument("--out", default="bench-results/runtime_speed.json")
+    p.add_argument(
+        "--workloads",
+        type=parse_workloads,
+        default=parse_workloads("1x32,1x128,32x32"),
+        help="comma-separated BATCHxSEQ (default 1x32,1x128,32x32)",
+    )
+    p.add_argument("--repeats", type=int, default=10, help="round-robin rounds")
+    p.add_argument("--calls", type=int, default=20, help="timed calls per contender per round")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls per contender first")
+    p.add_argument(
+        "--pool",
+        type=int,
+        default=64,
+        help="distinct texts per workload (at least one batch; rounded to batches)",
+    )
+    p.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated subset of {','.join(CONTENDERS)}",
+    )
+    p.add_argument(
+        "--goal",
+        type=float,
+        default=0.7,
+        help="target for tinyfast_int8 / faster ORT int8 batch-1 p50 latency",
+    )
+    p.add_argument(
+        "--exit-speeds",
+        default="0,0.2,0.4,0.6,0.8,1.0",
+        help="speeds for the early-exit section (needs a bundle with exits)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", help="keep exported models and bundles here (default: temp)")
+    args = p.parse_args(argv)
+    for name in ("threads", "repeats", "calls", "pool"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = sorted(set(args.contenders) - set(CONTENDERS))
+    if unknown or REFERENCE not in args.contenders:
+        p.error(
+            f"--contenders: unknown {unknown}"
+            if unknown
+            else f"{REFERENCE} is required (the reference for label agreement)"
+        )
+    try:
+        args.exit_speeds = [float(s) for s in args.exit_speeds.split(",") if s.strip()]
+    except ValueError:
+        p.error("--exit-speeds: comma-separated numbers")
+    return args
+
+
+def _set_threads(threads: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(threads)
+    interop = "unchanged (already set in this process)"
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+        interop = 1
+    # The tokenizers library (HF tokenizer and the runtime's) parallelises batches with rayon.
+    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+    return {
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_interop_threads": interop,
+        "RAYON_NUM_THREADS": os.environ["RAYON_NUM_THREADS"],
+        "ort_intra_op_num_threads": threads,
+        "tinyfast_threads": threads,
+    }
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    threads = _set_threads(args.threads)
+    import transformers
+    from transformers import AutoConfig
+
+    from tinyfast.models import load_tokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    machine = machine_info(args.threads)
+    max_seq = max(seq for _, seq in args.workloads)
+    if args.model:
+        model_dir = Path(args.model)
+        model_info = {"source": "given", "path": str(model_dir)}
+    else:
+        model_dir = work / "tinybert4"
+        model_info = build_tinybert4(model_dir, args.seed, max(128, max_seq))
+    tokenizer = load_tokenizer(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    if config.num_labels < 2:
+        raise SystemExit("runtime_speed: classification models only (num_labels >= 2)")
+    too_long = getattr(config, "max_position_embeddings", max_seq)
+    if max_seq > too_long:
+        raise SystemExit(f"runtime_speed: sequence {max_seq} > the model's {too_long} positions")
+    model_info["config"] = {
+        k: getattr(config, k, None)
+        for k in (
+            "model_type",
+            "num_hidden_layers",
+            "hidden_size",
+            "intermediate_size",
+            "num_attention_heads",
+            "vocab_size",
+            "max_position_embeddings",
+            "num_labels",
+        )
+    }
+
+    source, source_desc = load_source_texts(args.texts, args.text_column, args.seed)
+    workloads = []
+    for batch, seq in args.workloads:
+        rows = max(batch, args.pool // batch * batch)
+        workloads.append(Workload(batch, seq, exact_length_texts(tokenizer, source, seq, rows)))
+
+    contenders: list[Contender] = []
+    records: dict[str, dict[str, Any]] = {}
+    if {"torch_fp32", "torch_int8_dynamic"} & set(args.contenders):
+        for c in torch_contenders(model_dir, tokenizer):
+            if c.name in args.contenders:
+                contenders.append(c)
+    if set(ORT_INT8) & set(args.contenders):
+        contenders += ort_contenders(model_dir, tokenizer, work, args.threads, args.contenders)
+    runtime, bundle_meta, exit_skip = None, None, None
+    for name, dtype in (("tinyfast_int8", "int8"), ("tinyfast_f32", "f32")):
+        if name not in args.contenders:
+            continue
+        c, rec, rt, meta = tinyfast_contender(name, model_dir, work, dtype, args.threads, max_seq)
+        records[name] = rec
+        if c is not None:
+            contenders.append(c)
+        if name == "tinyfast_int8":
+            runtime, bundle_meta = rt, meta
+            exit_skip = rec.get("skipped") or rec.get("failed")
+    for c in contenders:
+        records[c.name] = {"settings": c.settings}
+    ordered = {n: records[n] for n in CONTENDERS if n in records}
+
+    report_workloads: dict[str, dict[str, Any]] = {}
+    for wl in workloads:
+        gop = linear_gop_per_call(config, wl.batch, wl.seq_len)
+        results: dict[str, dict[str, Any]] = {}
+        runnable = []
+        for c in contenders:
+            skip = _tinyfast_skip(c, wl)
+            if skip:
+                results[c.name] = {"skipped": skip}
+            else:
+                runnable.append(c)
+        preds = {}
+        for c in list(runnable):
+            try:
+                preds[c.name] = predict_pool(c, wl)
+            except Exception as exc:
+                if not c.name.startswith("tinyfast"):
+                    raise
+                results[c.name] = {"failed": f"{type(exc).__name__}: {exc}"}
+                runnable.remove(c)
+        samples = time_round_robin(runnable, wl, args.warmup, args.repeats, args.calls)
+        for c in runnable:
+            results[c.name] = latency_stats(samples[c.name], wl.batch, gop)
+        for name, rec in ordered.items():
+            if name not in results:
+                results[name] = {k: v for k, v in rec.items() if k in ("skipped", "failed")}
+        ref = preds[REFERENCE]
+        report_workloads[wl.name] = {
+            "batch": wl.batch,
+            "seq_len": wl.seq_len,
+            "pool_rows": len(wl.texts),
+            "example_text": wl.texts[0],
+            "gop_per_call": gop,
+            "results": {n: results[n] for n in ordered},
+            "ratios_vs_ort_int8": ratios_vs(results, BASELINE),
+            "parity_vs_torch_fp32": {n: agreement(p, ref) for n, p in preds.items()},
+            "reference_label_counts": {
+                str(k): int(v) for k, v in sorted(Counter(ref.labels.tolist()).items())
+            },
+        }
+
+    not_comparable = {
+        name: wl["results"]["tinyfast_int8"].get("skipped") or "tinyfast_int8 failed"
+        for name, wl in report_workloads.items()
+        if "latency_ms" not in wl["results"].get("tinyfast_int8", {})
+    }
+    try:
+        early_exit = measure_early_exit(
+            runtime, bundle_meta, exit_skip, workloads, args.exit_speeds, args, not_comparable
+        )
+    except Exception as exc:  # the runtime is young: keep the comparison above
+        early_exit = {"failed": f"{type(exc).__name__}: {exc}"}
+    if hasattr(os, "getloadavg"):
+        machine["load_average_at_end"] = list(os.getloadavg())
+    return {
+        "benchmark": "runtime_speed",
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "settings": {
+            "threads": threads,
+            "model": model_info,
+            "texts": source_desc,
+            "workloads": [
+                {"name": wl.name, "batch": wl.batch, "seq_len": wl.seq_len} for wl in workloads
+            ],
+            "tokenization": (
+                "inside every timed call. Texts are built to tokenize to exactly seq_len tokens "
+                "with [CLS]/[SEP]; torch and ORT call the HF fast tokenizer with padding=True "
+                "(longest), truncation=True, max_length=seq_len, so nothing is padded or cut; "
+                "tinyfast tokenizes with its bundle's tokenizer.json, checked to give seq_len"
+            ),
+            "timed_call": "tokenize, forward, softmax and argmax to numpy, for one batch",
+            "repeats": args.repeats,
+            "calls_per_repeat": args.calls,
+            "warmup_calls": args.warmup,
+            "order": "round robin: round r starts with contender r mod n, each runs its calls",
+            "gop_per_call": "2 x multiply-adds of the linears, attention matmuls and head",
+            "seed": args.seed,
+        },
+        "contenders": ordered,
+        "workloads": report_workloads,
+        "tinyfast_over_ort_int8": goal_summary(report_workloads, args.goal),
+        "early_exit": early_exit,
+    }
+
+
+def _tinyfast_skip(c: Contender, wl: Workload) -> str | None:
+    """Why a tinyfast bundle cannot do the same work as the peers on ``wl``, if it cannot."""
+    if not c.name.startswith("tinyfast"):
+        return None
+    max_length = c.settings.get("max_length")
+    if isinstance(max_length, int) and max_length < wl.seq_len:
+        return f"bundle max_length {max_length} < sequence {wl.seq_len}: it would truncate"
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(c.settings["bundle_dir"]) / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    lengths = Counter(len(e.ids) for e in tokenizer.encode_batch(wl.texts))
+    if set(lengths) != {wl.seq_len}:
+        return f"the bundle's tokenizer.json gives {dict(lengths)} tokens, not {wl.seq_len}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rayon_before = os.environ.get("RAYON_NUM_THREADS")
+    try:
+        if args.work_dir:
+            work = Path(args.work_dir)
+            work.mkdir(parents=True, exist_ok=True)
+            report = run(args, work)
+        else:
+            with tempfile.TemporaryDirectory(prefix="tinyfast-speed-") as tmp:
+                report = run(args, Path(tmp))
+    finally:  # main() may run inside a longer process (tests): leave its environment as it was
+        if rayon_before is None:
+            os.environ.pop("RAYON_NUM_THREADS", None)
+        else:
+            os.environ["RAYON_NUM_THREADS"] = rayon_before
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print_table(report)
+    print(f"wrote {out}")
+    failed = [n for n, r in report["contenders"].items() if "failed" in r]
+    failed += [
+        f"{w}/{n}"
+        for w, wl in report["workloads"].items()
+        for n, r in wl["results"].items()
+        if "failed" in r
+    ]
+    if "failed" in report["early_exit"]:
+        failed.append("early_exit")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
