@@ -47,8 +47,11 @@ def _stage(out: Path, name: str, run) -> dict[str, Any]:
 
 
 def _curve(summary: dict[str, Any]) -> list[dict[str, float]]:
-    return [{"step": h["step"], "accuracy": h["accuracy"]} for h in summary.get("history", [])
-            if "accuracy" in h]
+    return [
+        {"step": h["step"], "accuracy": h["accuracy"]}
+        for h in summary.get("history", [])
+        if "accuracy" in h
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,73 +80,161 @@ def main(argv: list[str] | None = None) -> int:
     corpus = data / "corpus" / "movie_reviews.txt"
     for path in (train_tsv, dev_tsv, corpus):
         if not path.exists():
-            print(f"distill_sst2: missing {path} (point --data at the shared data folder)",
-                  file=sys.stderr)
+            print(
+                f"distill_sst2: missing {path} (point --data at the shared data folder)",
+                file=sys.stderr,
+            )
             return 2
     out.mkdir(parents=True, exist_ok=True)
     common = dict(progress=False, save_every=500, log_every=50)
     ml = args.max_length
 
-    teacher = _stage(out, "teacher", lambda d: finetune(
-        args.teacher, train_tsv, dev_tsv, d, max_length=ml,
-        config=train.TrainConfig(epochs=args.teacher_epochs, lr=5e-5, batch_size=32, **common)))
+    teacher = _stage(
+        out,
+        "teacher",
+        lambda d: finetune(
+            args.teacher,
+            train_tsv,
+            dev_tsv,
+            d,
+            max_length=ml,
+            config=train.TrainConfig(epochs=args.teacher_epochs, lr=5e-5, batch_size=32, **common),
+        ),
+    )
     teacher_model = str(out / "teacher" / "model")
 
-    general = _stage(out, "general", lambda d: distill_general(
-        args.teacher, corpus, d, student="tinybert4", max_length=ml,
-        config=train.TrainConfig(epochs=args.general_epochs, lr=args.general_lr,
-                                 batch_size=args.general_batch, warmup=0.05, eval_every=250,
-                                 **common)))
+    general = _stage(
+        out,
+        "general",
+        lambda d: distill_general(
+            args.teacher,
+            corpus,
+            d,
+            student="tinybert4",
+            max_length=ml,
+            config=train.TrainConfig(
+                epochs=args.general_epochs,
+                lr=args.general_lr,
+                batch_size=args.general_batch,
+                warmup=0.05,
+                eval_every=250,
+                **common,
+            ),
+        ),
+    )
     general_model = str(out / "general" / "model")
 
-    distilled = _stage(out, "distilled", lambda d: distill_task(
-        teacher_model, train_tsv, dev_tsv, d, student="tinybert4", init="checkpoint",
-        init_checkpoint=general_model, options=IntermediateOptions(),
-        intermediate=StageSettings(args.intermediate_epochs, args.intermediate_lr, 0.0),
-        prediction=StageSettings(args.prediction_epochs, args.prediction_lr, 0.1),
-        config=train.TrainConfig(batch_size=32, eval_every=108, **common)))
+    distilled = _stage(
+        out,
+        "distilled",
+        lambda d: distill_task(
+            teacher_model,
+            train_tsv,
+            dev_tsv,
+            d,
+            student="tinybert4",
+            init="checkpoint",
+            init_checkpoint=general_model,
+            options=IntermediateOptions(),
+            intermediate=StageSettings(args.intermediate_epochs, args.intermediate_lr, 0.0),
+            prediction=StageSettings(args.prediction_epochs, args.prediction_lr, 0.1),
+            config=train.TrainConfig(batch_size=32, eval_every=108, **common),
+        ),
+    )
 
-    baseline = _stage(out, "baseline", lambda d: finetune(
-        args.teacher, train_tsv, dev_tsv, d, max_length=ml, student="tinybert4", init="random",
-        config=train.TrainConfig(epochs=args.baseline_epochs, lr=args.baseline_lr,
-                                 batch_size=32, eval_every=108, **common)))
+    baseline = _stage(
+        out,
+        "baseline",
+        lambda d: finetune(
+            args.teacher,
+            train_tsv,
+            dev_tsv,
+            d,
+            max_length=ml,
+            student="tinybert4",
+            init="random",
+            config=train.TrainConfig(
+                epochs=args.baseline_epochs,
+                lr=args.baseline_lr,
+                batch_size=32,
+                eval_every=108,
+                **common,
+            ),
+        ),
+    )
 
-    general_labels = _stage(out, "general_labels", lambda d: finetune(
-        args.teacher, train_tsv, dev_tsv, d, max_length=ml, student="tinybert4",
-        init="checkpoint", init_checkpoint=general_model,
-        config=train.TrainConfig(epochs=args.prediction_epochs, lr=args.baseline_lr,
-                                 batch_size=32, eval_every=108, **common)))
+    general_labels = _stage(
+        out,
+        "general_labels",
+        lambda d: finetune(
+            args.teacher,
+            train_tsv,
+            dev_tsv,
+            d,
+            max_length=ml,
+            student="tinybert4",
+            init="checkpoint",
+            init_checkpoint=general_model,
+            config=train.TrainConfig(
+                epochs=args.prediction_epochs,
+                lr=args.baseline_lr,
+                batch_size=32,
+                eval_every=108,
+                **common,
+            ),
+        ),
+    )
 
     t_acc = teacher["best"]["accuracy"]
     results = {
         "benchmark": "distill_sst2",
-        "machine": {"cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
-                    "torch": torch.__version__, "platform": platform.platform()},
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
         "settings": vars(args),
-        "teacher": {"dev_accuracy": t_acc, "seconds": teacher["seconds"],
-                    "parameters": teacher["parameters"], "curve": _curve(teacher)},
-        "general_distillation": {"seconds": general["seconds"], "steps": general["steps"],
-                                 "train_rows": general["train_rows"],
-                                 "heldout_loss": [h["heldout_loss"] for h in general["history"]]},
-        "distilled_student": {"dev_accuracy": distilled["best"]["accuracy"],
-                              "share_of_teacher": distilled["best"]["accuracy"] / t_acc,
-                              "seconds": distilled["seconds"],
-                              "parameters": distilled["student_parameters"],
-                              "stages": distilled["stages"], "curve": _curve(distilled)},
-        "baseline_no_distillation": {"dev_accuracy": baseline["best"]["accuracy"],
-                                     "seconds": baseline["seconds"],
-                                     "curve": _curve(baseline)},
-        "general_then_labels": {"dev_accuracy": general_labels["best"]["accuracy"],
-                                "seconds": general_labels["seconds"],
-                                "curve": _curve(general_labels)},
-        "goal": {"student_share_of_teacher_at_least": 0.97,
-                 "met": distilled["best"]["accuracy"] >= 0.97 * t_acc,
-                 "beats_baseline_by": distilled["best"]["accuracy"]
-                 - baseline["best"]["accuracy"]},
+        "teacher": {
+            "dev_accuracy": t_acc,
+            "seconds": teacher["seconds"],
+            "parameters": teacher["parameters"],
+            "curve": _curve(teacher),
+        },
+        "general_distillation": {
+            "seconds": general["seconds"],
+            "steps": general["steps"],
+            "train_rows": general["train_rows"],
+            "heldout_loss": [h["heldout_loss"] for h in general["history"]],
+        },
+        "distilled_student": {
+            "dev_accuracy": distilled["best"]["accuracy"],
+            "share_of_teacher": distilled["best"]["accuracy"] / t_acc,
+            "seconds": distilled["seconds"],
+            "parameters": distilled["student_parameters"],
+            "stages": distilled["stages"],
+            "curve": _curve(distilled),
+        },
+        "baseline_no_distillation": {
+            "dev_accuracy": baseline["best"]["accuracy"],
+            "seconds": baseline["seconds"],
+            "curve": _curve(baseline),
+        },
+        "general_then_labels": {
+            "dev_accuracy": general_labels["best"]["accuracy"],
+            "seconds": general_labels["seconds"],
+            "curve": _curve(general_labels),
+        },
+        "goal": {
+            "student_share_of_teacher_at_least": 0.97,
+            "met": distilled["best"]["accuracy"] >= 0.97 * t_acc,
+            "beats_baseline_by": distilled["best"]["accuracy"] - baseline["best"]["accuracy"],
+        },
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    print(json.dumps({k: v for k, v in results.items() if k not in ("settings", "machine")},
-                     indent=1))
+    print(
+        json.dumps({k: v for k, v in results.items() if k not in ("settings", "machine")}, indent=1)
+    )
     return 0
 
 
