@@ -28,9 +28,13 @@ impl KernelKind {
 
     /// Parses a name printed by [`KernelKind::name`].
     pub fn from_name(name: &str) -> Option<Self> {
-        [KernelKind::Avx512Vnni, KernelKind::Avx2, KernelKind::Portable]
-            .into_iter()
-            .find(|k| k.name() == name)
+        [
+            KernelKind::Avx512Vnni,
+            KernelKind::Avx2,
+            KernelKind::Portable,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
     }
 }
 
@@ -84,7 +88,10 @@ fn probe_features() -> Vec<(&'static str, bool)> {
         ("fma", std::arch::is_x86_feature_detected!("fma")),
         ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
         ("avx512bw", std::arch::is_x86_feature_detected!("avx512bw")),
-        ("avx512vnni", std::arch::is_x86_feature_detected!("avx512vnni")),
+        (
+            "avx512vnni",
+            std::arch::is_x86_feature_detected!("avx512vnni"),
+        ),
     ]
 }
 
@@ -120,7 +127,11 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for k in [KernelKind::Avx512Vnni, KernelKind::Avx2, KernelKind::Portable] {
+        for k in [
+            KernelKind::Avx512Vnni,
+            KernelKind::Avx2,
+            KernelKind::Portable,
+        ] {
             assert_eq!(KernelKind::from_name(k.name()), Some(k));
         }
         assert_eq!(KernelKind::from_name("sse9"), None);
