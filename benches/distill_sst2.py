@@ -11,8 +11,8 @@ Every dev accuracy (per epoch, so accuracy against budget can be read off) and w
 
     python benches/distill_sst2.py --data ../shared/data --out bench-results/distill_sst2
 
-The defaults are sized for a 2-core CPU (about an hour and a half); ``--general-epochs`` etc.
-change the budget.
+The defaults are sized for a 2-core CPU (roughly 40 minutes on an idle machine); the
+``--*-epochs`` flags change the budget.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", default="minilm")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--teacher-epochs", type=float, default=3)
-    p.add_argument("--general-epochs", type=float, default=1)
+    p.add_argument("--general-epochs", type=float, default=0.3)
     p.add_argument("--general-lr", type=float, default=3e-4)
     p.add_argument("--general-batch", type=int, default=64)
     p.add_argument("--intermediate-epochs", type=float, default=6)
