@@ -2,8 +2,25 @@
 //!
 //! Nothing here knows about Python; `rust/python` only converts types, and `rust/cli` only parses
 //! flags. Every algorithm is testable with `cargo test` alone.
+//!
+//! The early-exit int8 runtime: [`bundle`] loads and validates a bundle (docs/bundle.md),
+//! [`tokenize`] turns texts into ids, [`model`] is the encoder with its branches and head, and
+//! [`runtime`] ties them together behind [`Runtime`].
 
+pub mod bundle;
+pub mod config;
 pub mod cpu;
+pub mod error;
+pub mod gemm;
+pub mod model;
+pub mod quant;
+pub mod runtime;
+pub mod tokenize;
+
+pub use bundle::Bundle;
+pub use error::{Error, Result};
+pub use runtime::{Predictions, Runtime, RuntimeOptions};
+pub use tokenize::{Encoded, Input, TokenBatch};
 
 /// The version of this build, shared by the Python extension and the CLI.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

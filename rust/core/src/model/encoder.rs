@@ -1,0 +1,358 @@
+//! The forward pass over one chunk of sequences, with early exit and batch compaction.
+//!
+//! ```text
+//! x = LayerNorm(word[ids] + position[0..L] + token_type[types])
+//! for each layer l:
+//!     q, k, v = split(x @ qkv^T + qkv.bias)
+//!     a = softmax(q k^T / sqrt(H / num_heads) + mask)
+//!     x = LayerNorm(x + (a v) @ attn_out^T + bias)
+//!     x = LayerNorm(x + gelu(x @ ffn_in^T + b) @ ffn_out^T + b)
+//!     if layer l+1 has an exit: branch logits; rows with uncertainty < speed finish; compact
+//! head: logits = classifier(tanh(pooler(x[CLS])))
+//! ```
+//!
+//! Every step is per token (embeddings, linears, LayerNorm, GELU) or per sequence (attention,
+//! branches, head), so a sequence's logits and exit layer never depend on the other sequences of
+//! the chunk: batched results equal batch-size-1 results bit for bit.
+
+use std::fmt;
+
+use rayon::prelude::*;
+
+use super::attention::{attention, Rows};
+use super::linear::rows_per_task;
+use super::ops::{activation, add_layer_norm, layer_norm, tanh_in_place, uncertainty};
+use super::workspace::Workspace;
+use super::{Branch, EncoderLayer, LayerNormWeights, ModelWeights};
+use crate::cpu::KernelKind;
+use crate::error::Result;
+
+/// Names a linear in errors without allocating (`layers.2.ffn_out`).
+struct Site {
+    layer: usize,
+    linear: &'static str,
+}
+
+impl fmt::Display for Site {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "layers.{}.{}", self.layer, self.linear)
+    }
+}
+
+/// Runs the model on the sequences loaded into `ws` (with [`Workspace::begin`] and
+/// [`Workspace::push_seq`]; ids, types and lengths already validated against the model).
+///
+/// For each sequence, writes its logits to `logits_out[row * C..]` and its 1-based exit layer to
+/// `exit_out[row]`, where `row` is its position among the pushed sequences. Rows exit after a branch
+/// when their uncertainty is `< speed`; `speed <= 0` (or a regression model) runs every layer and
+/// skips the branches altogether.
+pub(crate) fn forward(
+    model: &ModelWeights,
+    ws: &mut Workspace,
+    speed: f32,
+    kernel: KernelKind,
+    logits_out: &mut [f32],
+    exit_out: &mut [usize],
+) -> Result<()> {
+    let d = &model.dims;
+    let (h, c) = (d.hidden, d.outputs);
+    let mut seqs = ws.seq_row.len();
+    if seqs == 0 {
+        return Ok(());
+    }
+    let mut tokens = ws.offsets[seqs];
+    ws.prepare(model, tokens, seqs);
+    ws.index_tokens();
+    embed(model, ws, tokens);
+
+    let early = speed > 0.0 && !d.regression;
+    for (l, layer) in model.layers.iter().enumerate() {
+        encoder_layer(model, layer, l, ws, tokens, kernel)?;
+        if !early {
+            continue;
+        }
+        let Some(exit) = model.exits.iter().find(|e| e.layer == l + 1) else {
+            continue;
+        };
+        branch_logits(model, &exit.branch, ws, tokens, seqs);
+        (seqs, tokens) = exit_and_compact(ws, h, c, l + 1, speed, logits_out, exit_out);
+        if seqs == 0 {
+            return Ok(());
+        }
+    }
+
+    head_logits(model, ws, seqs);
+    for s in 0..seqs {
+        let row = ws.seq_row[s];
+        logits_out[row * c..(row + 1) * c].copy_from_slice(&ws.logits[s * c..(s + 1) * c]);
+        exit_out[row] = d.layers;
+    }
+    Ok(())
+}
+
+impl Workspace {
+    /// Starts loading a chunk of sequences.
+    pub(crate) fn begin(&mut self) {
+        self.ids.clear();
+        self.types.clear();
+        self.offsets.clear();
+        self.offsets.push(0);
+        self.seq_row.clear();
+    }
+
+    /// Appends one sequence (its ids and, optionally, token type ids; zeros otherwise).
+    pub(crate) fn push_seq(&mut self, ids: &[u32], types: Option<&[u32]>) {
+        self.ids.extend_from_slice(ids);
+        match types {
+            Some(t) => self.types.extend_from_slice(t),
+            None => self.types.extend(std::iter::repeat_n(0, ids.len())),
+        }
+        self.offsets.push(self.ids.len());
+        self.seq_row.push(self.seq_row.len());
+    }
+}
+
+/// `x = LayerNorm(word[id] + position[pos] + token_type[type])` for every token.
+fn embed(model: &ModelWeights, ws: &mut Workspace, tokens: usize) {
+    let emb = &model.embeddings;
+    let (h, eps) = (model.dims.hidden, model.dims.eps);
+    let (ids, types, offsets, tok_seq) = (&ws.ids, &ws.types, &ws.offsets, &ws.tok_seq);
+    let chunk = rows_per_task(tokens);
+    ws.x[..tokens * h]
+        .par_chunks_mut(chunk * h)
+        .enumerate()
+        .for_each(|(ci, xs)| {
+            for (i, row) in xs.chunks_exact_mut(h).enumerate() {
+                let t = ci * chunk + i;
+                let pos = t - offsets[tok_seq[t] as usize];
+                let word = &emb.word[ids[t] as usize * h..][..h];
+                let position = &emb.position[pos * h..][..h];
+                let token_type = &emb.token_type[types[t] as usize * h..][..h];
+                for (((x, &w), &p), &ty) in row.iter_mut().zip(word).zip(position).zip(token_type) {
+                    *x = w + p + ty;
+                }
+                layer_norm(row, &emb.norm.weight, &emb.norm.bias, eps);
+            }
+        });
+}
+
+/// `x[t] = LayerNorm(x[t] + y[t])` for every token row.
+fn residual_norm(x: &mut [f32], y: &[f32], width: usize, norm: &LayerNormWeights, eps: f32) {
+    let rows = x.len() / width;
+    let chunk = rows_per_task(rows);
+    x.par_chunks_mut(chunk * width)
+        .zip(y.par_chunks(chunk * width))
+        .for_each(|(xs, ys)| {
+            for (xr, yr) in xs.chunks_exact_mut(width).zip(ys.chunks_exact(width)) {
+                add_layer_norm(xr, yr, &norm.weight, &norm.bias, eps);
+            }
+        });
+}
+
+/// An element-wise map over `rows` rows of `width`, in parallel.
+fn par_map_rows(buf: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
+    let rows = buf.len() / width.max(1);
+    if rows == 0 {
+        return;
+    }
+    let chunk = rows_per_task(rows);
+    buf.par_chunks_mut(chunk * width).for_each(f);
+}
+
+fn encoder_layer(
+    model: &ModelWeights,
+    layer: &EncoderLayer,
+    l: usize,
+    ws: &mut Workspace,
+    tokens: usize,
+    kernel: KernelKind,
+) -> Result<()> {
+    let d = &model.dims;
+    let (h, f, t) = (d.hidden, d.intermediate, tokens);
+    let site = |linear| Site { layer: l, linear };
+    layer.qkv.forward(
+        &ws.x[..t * h],
+        t,
+        &mut ws.qkv[..t * 3 * h],
+        &mut ws.quant,
+        kernel,
+        &site("qkv"),
+    )?;
+    let qkv = &ws.qkv[..t * 3 * h];
+    let rows = |col| Rows {
+        data: qkv,
+        stride: 3 * h,
+        col,
+    };
+    attention(
+        rows(0),
+        rows(h),
+        rows(2 * h),
+        h,
+        d.heads,
+        &ws.offsets,
+        &ws.tok_seq[..t],
+        &mut ws.kt,
+        &mut ws.scores,
+        &mut ws.ctx[..t * h],
+    );
+    layer.attn_out.forward(
+        &ws.ctx[..t * h],
+        t,
+        &mut ws.tmp[..t * h],
+        &mut ws.quant,
+        kernel,
+        &site("attn_out"),
+    )?;
+    residual_norm(
+        &mut ws.x[..t * h],
+        &ws.tmp[..t * h],
+        h,
+        &layer.attn_norm,
+        d.eps,
+    );
+    layer.ffn_in.forward(
+        &ws.x[..t * h],
+        t,
+        &mut ws.ffn[..t * f],
+        &mut ws.quant,
+        kernel,
+        &site("ffn_in"),
+    )?;
+    let act = d.act;
+    par_map_rows(&mut ws.ffn[..t * f], f, |rows| activation(rows, act));
+    layer.ffn_out.forward(
+        &ws.ffn[..t * f],
+        t,
+        &mut ws.tmp[..t * h],
+        &mut ws.quant,
+        kernel,
+        &site("ffn_out"),
+    )?;
+    residual_norm(
+        &mut ws.x[..t * h],
+        &ws.tmp[..t * h],
+        h,
+        &layer.ffn_norm,
+        d.eps,
+    );
+    Ok(())
+}
+
+/// Copies the first token row (`[CLS]`) of each sequence of `src` (`[T, width]`) to `dst`
+/// (`[B, width]`).
+fn gather_cls(src: &[f32], width: usize, offsets: &[usize], dst: &mut [f32]) {
+    for (s, row) in dst
+        .chunks_exact_mut(width)
+        .take(offsets.len() - 1)
+        .enumerate()
+    {
+        let start = offsets[s] * width;
+        row.copy_from_slice(&src[start..start + width]);
+    }
+}
+
+/// The branch's logits for every running sequence, into `ws.logits` (`[B, C]`).
+fn branch_logits(model: &ModelWeights, branch: &Branch, ws: &mut Workspace, t: usize, b: usize) {
+    let h = model.dims.hidden;
+    match branch {
+        Branch::Linear { classifier } => {
+            gather_cls(&ws.x[..t * h], h, &ws.offsets, &mut ws.cls_a[..b * h]);
+            classifier.forward(&ws.cls_a[..b * h], b, &mut ws.logits);
+        }
+        Branch::FastBert(fb) => {
+            let w = fb.dense_in.n();
+            // h = tanh(x @ dense_in^T + b) on every token.
+            fb.dense_in.forward(&ws.x[..t * h], t, &mut ws.bh[..t * w]);
+            par_map_rows(&mut ws.bh[..t * w], w, tanh_in_place);
+            // Self-attention: keys and values of every token, the query of [CLS] only (the branch
+            // reads nothing but h[CLS] afterwards).
+            fb.key.forward(&ws.bh[..t * w], t, &mut ws.bk[..t * w]);
+            fb.value.forward(&ws.bh[..t * w], t, &mut ws.bv[..t * w]);
+            gather_cls(&ws.bh[..t * w], w, &ws.offsets, &mut ws.cls_a[..b * w]);
+            fb.query
+                .forward(&ws.cls_a[..b * w], b, &mut ws.cls_b[..b * w]);
+            let rows = |data| Rows {
+                data,
+                stride: w,
+                col: 0,
+            };
+            attention(
+                rows(&ws.cls_b[..b * w]),
+                rows(&ws.bk[..t * w]),
+                rows(&ws.bv[..t * w]),
+                w,
+                model.dims.branch_heads,
+                &ws.offsets,
+                &ws.seq_ident[..b],
+                &mut ws.kt,
+                &mut ws.scores,
+                &mut ws.cls_a[..b * w],
+            );
+            fb.attn_out
+                .forward(&ws.cls_a[..b * w], b, &mut ws.cls_b[..b * w]);
+            // c = tanh(h[CLS] @ dense^T + b); logits = c @ classifier^T + b.
+            fb.dense
+                .forward(&ws.cls_b[..b * w], b, &mut ws.cls_a[..b * w]);
+            tanh_in_place(&mut ws.cls_a[..b * w]);
+            fb.classifier.forward(&ws.cls_a[..b * w], b, &mut ws.logits);
+        }
+    }
+}
+
+/// `classifier(tanh(pooler(x[CLS])))` for every running sequence, into `ws.logits`.
+fn head_logits(model: &ModelWeights, ws: &mut Workspace, b: usize) {
+    let h = model.dims.hidden;
+    let t = ws.offsets[b];
+    gather_cls(&ws.x[..t * h], h, &ws.offsets, &mut ws.cls_a[..b * h]);
+    model
+        .head
+        .pooler
+        .forward(&ws.cls_a[..b * h], b, &mut ws.cls_b[..b * h]);
+    tanh_in_place(&mut ws.cls_b[..b * h]);
+    model
+        .head
+        .classifier
+        .forward(&ws.cls_b[..b * h], b, &mut ws.logits);
+}
+
+/// Finishes the sequences whose branch uncertainty is `< speed` (their logits and `layer` go to
+/// the outputs, at their input row) and compacts the rest: hidden states move down over the
+/// finished ones, offsets and rows are rewritten. Returns the new `(sequences, tokens)`.
+fn exit_and_compact(
+    ws: &mut Workspace,
+    h: usize,
+    c: usize,
+    layer: usize,
+    speed: f32,
+    logits_out: &mut [f32],
+    exit_out: &mut [usize],
+) -> (usize, usize) {
+    let b = ws.seq_row.len();
+    let speed = f64::from(speed);
+    let (mut kept, mut new_t, mut start) = (0, 0, 0);
+    for s in 0..b {
+        // offsets[s + 1] is still the old value: writes below only reach offsets[kept] with
+        // kept <= s + 1, and equal indices hold equal values while nothing has exited.
+        let end = ws.offsets[s + 1];
+        let row = ws.seq_row[s];
+        let logits = &ws.logits[s * c..(s + 1) * c];
+        if uncertainty(logits) < speed {
+            logits_out[row * c..(row + 1) * c].copy_from_slice(logits);
+            exit_out[row] = layer;
+        } else {
+            if new_t != start {
+                ws.x.copy_within(start * h..end * h, new_t * h);
+            }
+            new_t += end - start;
+            ws.seq_row[kept] = row;
+            kept += 1;
+            ws.offsets[kept] = new_t;
+        }
+        start = end;
+    }
+    ws.offsets.truncate(kept + 1);
+    ws.seq_row.truncate(kept);
+    ws.index_tokens();
+    (kept, new_t)
+}

@@ -1,0 +1,130 @@
+//! The encoder's linear layers: int8 (per-token activation quantization + the fused dequantizing
+//! GEMM of [`crate::gemm`]) or f32 ([`F32Linear`]), behind one type.
+
+use rayon::prelude::*;
+
+use super::matmul::F32Linear;
+use super::quantize::quantize_activations_into;
+use crate::cpu::KernelKind;
+use crate::error::{Error, Result};
+use crate::gemm::{gemm_dequant, PackedWeights};
+
+/// An int8 `nn.Linear`: prepacked int8 weights with per-channel scales and column sums, f32 bias.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int8Linear {
+    packed: PackedWeights,
+    bias: Vec<f32>,
+}
+
+impl Int8Linear {
+    /// Pairs packed weights with a bias of one value per output channel.
+    pub fn new(packed: PackedWeights, bias: Vec<f32>) -> Result<Self, String> {
+        if bias.len() != packed.n() {
+            return Err(format!(
+                "bias: expected {} elements, got {}",
+                packed.n(),
+                bias.len()
+            ));
+        }
+        Ok(Int8Linear { packed, bias })
+    }
+
+    /// The packed weights.
+    pub fn packed(&self) -> &PackedWeights {
+        &self.packed
+    }
+}
+
+/// One of the four linears of an encoder layer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Linear {
+    Int8(Int8Linear),
+    F32(F32Linear),
+}
+
+/// Per-call buffers for the quantized activations of an int8 linear's input: `q` holds
+/// `rows * k` bytes, `scales` and `zero_points` one entry per row.
+#[derive(Debug, Default)]
+pub struct QuantScratch {
+    pub q: Vec<u8>,
+    pub scales: Vec<f32>,
+    pub zero_points: Vec<u8>,
+}
+
+impl QuantScratch {
+    /// Grows the buffers (never shrinks them) to hold `rows` rows of up to `k` features.
+    pub fn reserve(&mut self, rows: usize, k: usize) {
+        super::workspace::fit(&mut self.q, rows * k);
+        super::workspace::fit(&mut self.scales, rows);
+        super::workspace::fit(&mut self.zero_points, rows);
+    }
+}
+
+/// Rows per parallel task for a row-split over `rows` rows.
+pub(crate) fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads().max(1))
+        .clamp(1, 64)
+}
+
+impl Linear {
+    /// Output features.
+    pub fn n(&self) -> usize {
+        match self {
+            Linear::Int8(l) => l.packed.n(),
+            Linear::F32(l) => l.n(),
+        }
+    }
+
+    /// Input features.
+    pub fn k(&self) -> usize {
+        match self {
+            Linear::Int8(l) => l.packed.k(),
+            Linear::F32(l) => l.k(),
+        }
+    }
+
+    /// `out = x @ W^T + b` for `rows` rows (`x`: `[rows, k]`, `out`: `[rows, n]`), rows split over
+    /// the current rayon pool. The int8 form quantizes each row of `x` to u8 (its own scale and zero
+    /// point) into `scratch`, then runs the fused GEMM; both are per row, so a row's output never
+    /// depends on the other rows. `name` labels errors (a non-finite activation).
+    pub fn forward(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        scratch: &mut QuantScratch,
+        kernel: KernelKind,
+        name: &(dyn std::fmt::Display + Sync),
+    ) -> Result<()> {
+        match self {
+            Linear::F32(l) => {
+                l.forward(x, rows, out);
+                Ok(())
+            }
+            Linear::Int8(l) => {
+                let (k, n) = (l.packed.k(), l.packed.n());
+                if rows == 0 {
+                    return Ok(());
+                }
+                let chunk = rows_per_task(rows);
+                let x = &x[..rows * k];
+                let out = &mut out[..rows * n];
+                let q = &mut scratch.q[..rows * k];
+                let scales = &mut scratch.scales[..rows];
+                let zps = &mut scratch.zero_points[..rows];
+                out.par_chunks_mut(chunk * n)
+                    .zip(x.par_chunks(chunk * k))
+                    .zip(q.par_chunks_mut(chunk * k))
+                    .zip(scales.par_chunks_mut(chunk))
+                    .zip(zps.par_chunks_mut(chunk))
+                    .try_for_each(|((((o, xa), qa), sa), za)| {
+                        let r = sa.len();
+                        quantize_activations_into(xa, r, k, qa, sa, za)
+                            .map_err(|e| Error::compute(format!("input of {name}: {e}")))?;
+                        gemm_dequant(qa, r, k, &l.packed, sa, za, Some(&l.bias), o, kernel)
+                            .map_err(|e| Error::compute(format!("{name}: {e}")))
+                    })
+            }
+        }
+    }
+}

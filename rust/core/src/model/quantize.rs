@@ -1,0 +1,207 @@
+//! Per-token u8 activation quantization, vectorized.
+//!
+//! Computes exactly what [`crate::quant::quantize_activations_into`] computes (the scheme of
+//! docs/bundle.md: range widened to include 0, `s = (max - min) / 255`, `zp = round(-min / s)`,
+//! `q = clamp(round(x / s) + zp, 0, 255)`, rounding half away from zero), bit for bit, which a test
+//! checks on random and edge-case rows. It is a separate implementation because it is on the hot
+//! path: the row's min, max and finiteness are reduced in 8 lanes, and `round(x / s)` is computed
+//! as `t = trunc(y); t + sign(y) if |y - t| >= 0.5` (exact: `y - t` and `t +- 1` are representable),
+//! which compiles to vector instructions where `f32::round` is a library call per element.
+
+use crate::quant::QuantError;
+
+const LANES: usize = 8;
+
+/// Quantizes `rows` rows of `x` (`[rows, k]`) into `q`, `scales` and `zero_points`; fails on a
+/// non-finite value, naming its row and column (as the reference implementation does).
+pub fn quantize_activations_into(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    q: &mut [u8],
+    scales: &mut [f32],
+    zero_points: &mut [u8],
+) -> Result<(), QuantError> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, the only feature `quantize_avx2` is compiled for.
+        return unsafe { quantize_avx2(x, rows, k, q, scales, zero_points) };
+    }
+    quantize_generic(x, rows, k, q, scales, zero_points)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_avx2(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    q: &mut [u8],
+    scales: &mut [f32],
+    zero_points: &mut [u8],
+) -> Result<(), QuantError> {
+    quantize_generic(x, rows, k, q, scales, zero_points)
+}
+
+#[inline(always)]
+fn quantize_generic(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    q: &mut [u8],
+    scales: &mut [f32],
+    zero_points: &mut [u8],
+) -> Result<(), QuantError> {
+    let expect = |what, expected: usize, got: usize| {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(QuantError::ShapeMismatch {
+                what,
+                expected,
+                got,
+            })
+        }
+    };
+    let len = rows
+        .checked_mul(k)
+        .ok_or(QuantError::SizeOverflow { rows, cols: k })?;
+    expect("activations", len, x.len())?;
+    expect("quantized activations", len, q.len())?;
+    expect("activation scales", rows, scales.len())?;
+    expect("activation zero points", rows, zero_points.len())?;
+    for t in 0..rows {
+        let xr = &x[t * k..(t + 1) * k];
+        let (s, zp) =
+            quantize_row(xr, &mut q[t * k..(t + 1) * k]).map_err(|col| QuantError::NonFinite {
+                what: "activation",
+                row: t,
+                col,
+                value: xr[col],
+            })?;
+        scales[t] = s;
+        zero_points[t] = zp;
+    }
+    Ok(())
+}
+
+/// One row: returns `(scale, zero_point)`, or the column of the first non-finite value.
+#[inline(always)]
+fn quantize_row(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usize> {
+    let mut lo = [0f32; LANES];
+    let mut hi = [0f32; LANES];
+    // `v * 0` is 0 for finite values and NaN for infinities and NaN.
+    let mut bad = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            // Plain comparisons (a single vector min/max); NaN is caught by `bad`, and a -0.0
+            // against 0.0 choice cannot change any output.
+            lo[l] = if c[l] < lo[l] { c[l] } else { lo[l] };
+            hi[l] = if c[l] > hi[l] { c[l] } else { hi[l] };
+            bad[l] += c[l] * 0.0;
+        }
+    }
+    let (mut lo, mut hi, mut bad) = (
+        lo.iter().fold(0f32, |m, &v| m.min(v)),
+        hi.iter().fold(0f32, |m, &v| m.max(v)),
+        bad.iter().sum::<f32>(),
+    );
+    for &v in rest {
+        lo = lo.min(v);
+        hi = hi.max(v);
+        bad += v * 0.0;
+    }
+    if bad.is_nan() {
+        return Err(x.iter().position(|v| !v.is_finite()).unwrap_or(0));
+    }
+    if lo == 0.0 && hi == 0.0 {
+        q.fill(0);
+        return Ok((1.0, 0));
+    }
+    const QMAX: f32 = 255.0;
+    let range = hi - lo;
+    let scale = if range.is_finite() {
+        range / QMAX
+    } else {
+        hi / QMAX - lo / QMAX
+    };
+    let scale = scale.max(f32::MIN_POSITIVE);
+    let zp = (-lo / scale).round().clamp(0.0, QMAX);
+    for (qi, &v) in q.iter_mut().zip(x) {
+        let y = v / scale;
+        let t = y.trunc();
+        let r = if (y - t).abs() >= 0.5 {
+            t + 1f32.copysign(y)
+        } else {
+            t
+        };
+        // In 0..=255 after the clamp; the i32 cast vectorizes where a direct u8 cast does not.
+        *qi = (r + zp).clamp(0.0, QMAX) as i32 as u8;
+    }
+    Ok((scale, zp as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::test_rng::SplitMix64;
+
+    fn both(x: &[f32], rows: usize, k: usize) {
+        let (mut q1, mut s1, mut z1) = (vec![7u8; rows * k], vec![0f32; rows], vec![9u8; rows]);
+        let (mut q2, mut s2, mut z2) = (q1.clone(), s1.clone(), z1.clone());
+        let a = quantize_activations_into(x, rows, k, &mut q1, &mut s1, &mut z1);
+        let b = crate::quant::quantize_activations_into(x, rows, k, &mut q2, &mut s2, &mut z2);
+        // Debug text, since NaN values in errors never compare equal.
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        if a.is_ok() {
+            assert_eq!(q1, q2);
+            assert_eq!(
+                s1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                s2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            assert_eq!(z1, z2);
+        }
+    }
+
+    #[test]
+    fn bit_identical_to_the_reference_quantizer() {
+        let mut rng = SplitMix64::new(21);
+        for &(rows, k) in &[(1, 1), (3, 7), (5, 8), (4, 9), (9, 312), (2, 1200), (3, 33)] {
+            for mode in 0..4 {
+                let x: Vec<f32> = (0..rows * k)
+                    .map(|_| match mode {
+                        0 => rng.normal() * 3.0,
+                        1 => rng.normal().abs() + 0.1,
+                        2 => -(rng.normal().abs()),
+                        // Values on exact half steps of a power-of-two scale.
+                        _ => (rng.below(511) as f32 - 255.0) * 0.5,
+                    })
+                    .collect();
+                both(&x, rows, k);
+            }
+        }
+        // Zero rows, tiny rows, huge ranges, signed zeros, exact halves.
+        both(&[0.0, -0.0, 0.0, 0.0, -0.0, 0.0, 0.0, 0.0, 0.0], 1, 9);
+        both(&[1e-42, -1e-44, 0.0, 3e-45], 1, 4);
+        both(&[f32::MAX, -f32::MAX, 1.0, 0.5, -3.0], 1, 5);
+        both(&[127.5, -127.5, 0.5, -0.5, 1.5, 2.5, -2.5, 254.99998], 1, 8);
+        let halves: Vec<f32> = (0..255).map(|i| i as f32 + 0.5).collect();
+        both(&halves, 1, 255);
+    }
+
+    #[test]
+    fn non_finite_values_are_errors_like_the_reference() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for col in [0, 5, 8, 12] {
+                let mut x = vec![0.25f32; 2 * 13];
+                x[13 + col] = bad;
+                both(&x, 2, 13);
+                let (mut q, mut s, mut z) = (vec![0u8; 26], vec![0f32; 2], vec![0u8; 2]);
+                let e = quantize_activations_into(&x, 2, 13, &mut q, &mut s, &mut z).unwrap_err();
+                assert!(matches!(e, QuantError::NonFinite { row: 1, col: c, .. } if c == col));
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The runtime: a loaded bundle, a thread pool and a kernel, answering predictions.
+//!
+//! # Calls
+//! [`Runtime::predict`] tokenizes texts or pairs and runs them; [`Runtime::predict_ids`] runs
+//! pre-tokenized ids. Inputs are processed in chunks of `batch_size` rows (at most
+//! [`MAX_CHUNK_TOKENS`] / `max_length`), in input order; each
+//! chunk is packed without padding (see [`crate::model::workspace`]), run through the encoder with
+//! early exit, and its results written at the rows' input positions. A row's result never depends
+//! on the other rows of its chunk, so any `batch_size` gives the same bits.
+//!
+//! # Threads and memory
+//! All computation runs on the runtime's own rayon pool (`threads` workers; 0 = one per core),
+//! split over token rows (linears, LayerNorm, GELU, attention queries) and sequences. A `Runtime` is
+//! `Send + Sync`: concurrent calls share the pool and the weights. Each call takes a
+//! [`Workspace`] from a pool of them (or makes one) and returns it afterwards, so repeated calls of
+//! the same size allocate nothing but their results.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::bundle::Bundle;
+use crate::config::{BundleConfig, Task};
+use crate::cpu::{CpuCapabilities, KernelKind};
+use crate::error::{Error, Result};
+use crate::gemm::kernel_available;
+use crate::model::encoder::forward;
+use crate::model::ops::{argmax, softmax};
+use crate::model::Workspace;
+use crate::tokenize::{Encoded, Input, TokenBatch};
+
+/// The most tokens (`rows * max_length`) one chunk may hold: a larger `batch_size` is run as
+/// several chunks, which bounds the workspace (about 60 bytes per token per unit of hidden width)
+/// whatever the caller asks for. Rows are independent, so this never changes a result.
+pub const MAX_CHUNK_TOKENS: usize = 16384;
+
+/// The environment variable that overrides the kernel when [`RuntimeOptions::kernel`] is `None`.
+pub const KERNEL_ENV: &str = "TINYFAST_KERNEL";
+
+/// How to run a bundle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// Worker threads; 0 uses one per core.
+    pub threads: usize,
+    /// The int8 kernel; `None` takes `TINYFAST_KERNEL` when set, else the fastest this CPU has.
+    pub kernel: Option<KernelKind>,
+}
+
+/// Results of a prediction, one row per input, in input order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Predictions {
+    /// `C`: labels, or 1 for regression.
+    pub num_outputs: usize,
+    /// Index of the most probable label (0 for regression).
+    pub labels: Vec<usize>,
+    /// `[rows, C]`: softmax of the logits; for regression, the raw value.
+    pub probabilities: Vec<f32>,
+    /// `[rows, C]`: the logits of the branch or head that answered.
+    pub logits: Vec<f32>,
+    /// 1-based layer after which each row was answered (`num_layers` for the head).
+    pub exit_layers: Vec<usize>,
+}
+
+impl Predictions {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The probabilities (or regression value) of row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.probabilities[i * self.num_outputs..(i + 1) * self.num_outputs]
+    }
+}
+
+/// A bundle ready to predict. `Send + Sync`: share it across threads (for instance in an `Arc`).
+pub struct Runtime {
+    bundle: Bundle,
+    pool: rayon::ThreadPool,
+    kernel: KernelKind,
+    workspaces: Mutex<Vec<Workspace>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("dir", &self.bundle.dir)
+            .field("kernel", &self.kernel)
+            .field("threads", &self.pool.current_num_threads())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Loads and validates the bundle in `dir` and sets up threads and kernel.
+    pub fn load(dir: impl AsRef<Path>, options: RuntimeOptions) -> Result<Self> {
+        Self::new(Bundle::load(dir)?, options)
+    }
+
+    /// Wraps an already loaded bundle.
+    pub fn new(bundle: Bundle, options: RuntimeOptions) -> Result<Self> {
+        let kernel = match options.kernel {
+            Some(k) => k,
+            None => match std::env::var(KERNEL_ENV) {
+                Ok(name) if !name.is_empty() => KernelKind::from_name(&name).ok_or_else(|| {
+                    Error::input(format!(
+                        "{KERNEL_ENV}={name:?}: expected avx512-vnni, avx2 or portable"
+                    ))
+                })?,
+                _ => CpuCapabilities::detect().best(),
+            },
+        };
+        if !kernel_available(kernel) {
+            return Err(Error::input(format!(
+                "the {kernel} kernel is not supported by this CPU"
+            )));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(options.threads)
+            .thread_name(|i| format!("tinyfast-{i}"))
+            .build()
+            .map_err(|e| Error::compute(format!("cannot start the thread pool: {e}")))?;
+        Ok(Runtime {
+            bundle,
+            pool,
+            kernel,
+            workspaces: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The loaded bundle.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// The bundle's `tinyfast.json`.
+    pub fn config(&self) -> &BundleConfig {
+        &self.bundle.config
+    }
+
+    /// The int8 kernel in use.
+    pub fn kernel(&self) -> KernelKind {
+        self.kernel
+    }
+
+    /// Worker threads of the pool.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Tokenizes inputs as [`Runtime::predict`] does (truncated to the bundle's `max_length`).
+    pub fn tokenize(&self, inputs: &[Input]) -> Result<Encoded> {
+        self.pool
+            .install(|| self.bundle.tokenizer.encode_batch(inputs))
+    }
+
+    /// Predicts texts or pairs. `speed` in `[0, 1]`: a row leaves after a branch whose normalized
+    /// entropy is `< speed` (0 runs every layer); `batch_size >= 1` rows run together.
+    pub fn predict(&self, inputs: &[Input], speed: f32, batch_size: usize) -> Result<Predictions> {
+        check_args(speed, batch_size)?;
+        let batch_size = self.chunk_rows(batch_size);
+        let c = self.bundle.weights.dims.outputs;
+        let mut logits = vec![0f32; inputs.len() * c];
+        let mut exits = vec![0usize; inputs.len()];
+        self.with_workspace(|ws| {
+            for (ci, chunk) in inputs.chunks(batch_size).enumerate() {
+                let base = ci * batch_size;
+                let enc = self.bundle.tokenizer.encode_batch(chunk)?;
+                let batch = enc.as_batch();
+                self.validate(&batch).map_err(|e| {
+                    Error::input(format!("inputs {base}..{}: {e}", base + chunk.len()))
+                })?;
+                let rows = base..base + chunk.len();
+                self.run_chunk(
+                    ws,
+                    &batch,
+                    0..chunk.len(),
+                    speed,
+                    &mut logits[rows.start * c..rows.end * c],
+                    &mut exits[rows],
+                )?;
+            }
+            Ok(())
+        })?;
+        self.finish(logits, exits)
+    }
+
+    /// Predicts pre-tokenized rows (ids including the special tokens, at most `max_length` each);
+    /// `speed` and `batch_size` as in [`Runtime::predict`].
+    pub fn predict_ids(
+        &self,
+        batch: &TokenBatch,
+        speed: f32,
+        batch_size: usize,
+    ) -> Result<Predictions> {
+        check_args(speed, batch_size)?;
+        self.validate(batch)?;
+        let batch_size = self.chunk_rows(batch_size);
+        let c = self.bundle.weights.dims.outputs;
+        let n = batch.rows();
+        let mut logits = vec![0f32; n * c];
+        let mut exits = vec![0usize; n];
+        self.with_workspace(|ws| {
+            for start in (0..n).step_by(batch_size) {
+                let end = n.min(start.saturating_add(batch_size));
+                self.run_chunk(
+                    ws,
+                    batch,
+                    start..end,
+                    speed,
+                    &mut logits[start * c..end * c],
+                    &mut exits[start..end],
+                )?;
+            }
+            Ok(())
+        })?;
+        self.finish(logits, exits)
+    }
+
+    /// `batch_size` capped to [`MAX_CHUNK_TOKENS`].
+    fn chunk_rows(&self, batch_size: usize) -> usize {
+        batch_size.min((MAX_CHUNK_TOKENS / self.bundle.config.max_length).max(1))
+    }
+
+    fn validate(&self, batch: &TokenBatch) -> Result<()> {
+        let d = &self.bundle.weights.dims;
+        batch.validate(d.vocab, d.token_types, self.bundle.config.max_length)
+    }
+
+    /// Runs `f` on the pool with a pooled workspace.
+    fn with_workspace(&self, f: impl FnOnce(&mut Workspace) -> Result<()> + Send) -> Result<()> {
+        let mut ws = self
+            .workspaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        let result = self.pool.install(|| f(&mut ws));
+        self.workspaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ws);
+        result
+    }
+
+    /// Runs rows `rows` of a validated `batch`; outputs are indexed from `rows.start`.
+    fn run_chunk(
+        &self,
+        ws: &mut Workspace,
+        batch: &TokenBatch,
+        rows: std::ops::Range<usize>,
+        speed: f32,
+        logits: &mut [f32],
+        exits: &mut [usize],
+    ) -> Result<()> {
+        ws.begin();
+        for i in rows {
+            let (ids, types) = batch.row(i);
+            ws.push_seq(ids, types);
+        }
+        forward(&self.bundle.weights, ws, speed, self.kernel, logits, exits)
+    }
+
+    fn finish(&self, logits: Vec<f32>, exit_layers: Vec<usize>) -> Result<Predictions> {
+        let c = self.bundle.weights.dims.outputs;
+        let regression = self.bundle.config.task == Task::Regression;
+        let mut probabilities = logits.clone();
+        let mut labels = Vec::with_capacity(exit_layers.len());
+        for (i, (lg, p)) in logits
+            .chunks_exact(c)
+            .zip(probabilities.chunks_exact_mut(c))
+            .enumerate()
+        {
+            if lg.iter().any(|v| !v.is_finite()) {
+                return Err(Error::compute(format!(
+                    "input {i}: the model produced non-finite logits {lg:?} (exit layer {})",
+                    exit_layers[i]
+                )));
+            }
+            if regression {
+                labels.push(0);
+            } else {
+                softmax(p);
+                labels.push(argmax(lg));
+            }
+        }
+        Ok(Predictions {
+            num_outputs: c,
+            labels,
+            probabilities,
+            logits,
+            exit_layers,
+        })
+    }
+}
+
+fn check_args(speed: f32, batch_size: usize) -> Result<()> {
+    if !(speed.is_finite() && (0.0..=1.0).contains(&speed)) {
+        return Err(Error::input(format!(
+            "speed must be a finite number in [0, 1], got {speed}"
+        )));
+    }
+    if batch_size == 0 {
+        return Err(Error::input("batch_size must be at least 1, got 0"));
+    }
+    Ok(())
+}

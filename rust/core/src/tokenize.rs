@@ -1,0 +1,308 @@
+//! Tokenization with the bundle's `tokenizer.json` (Hugging Face `tokenizers`), and token-id
+//! batches as the model takes them.
+//!
+//! Texts and pairs are truncated to the bundle's `max_length` tokens including the special tokens
+//! (`[CLS] a [SEP]` / `[CLS] a [SEP] b [SEP]`), longest first for pairs, exactly as the Python
+//! `tokenizers` package does with `truncation=True, max_length=max_length`. An empty text gives
+//! `[CLS] [SEP]`. The tokenizer's own truncation and padding settings in `tokenizer.json` are
+//! replaced: truncation by the bundle's, padding by none (the runtime never pads).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use rayon::prelude::*;
+use tokenizers::utils::truncation::truncate_encodings;
+use tokenizers::{
+    PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
+
+use crate::config::BundleConfig;
+use crate::error::{Error, Result};
+
+/// One input of a prediction: a text or a pair of texts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input<'a> {
+    Single(&'a str),
+    Pair(&'a str, &'a str),
+}
+
+impl<'a> From<&'a str> for Input<'a> {
+    fn from(s: &'a str) -> Self {
+        Input::Single(s)
+    }
+}
+
+impl<'a> From<(&'a str, &'a str)> for Input<'a> {
+    fn from((a, b): (&'a str, &'a str)) -> Self {
+        Input::Pair(a, b)
+    }
+}
+
+/// Token ids of a batch, row-major and padded to `width` (padding values are 0 and never read).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Encoded {
+    /// `[rows, width]`.
+    pub ids: Vec<u32>,
+    /// `[rows, width]`: 0 for the first text and its special tokens, 1 for the second.
+    pub type_ids: Vec<u32>,
+    /// Tokens of each row, `1..=width`.
+    pub lengths: Vec<usize>,
+    /// The longest row.
+    pub width: usize,
+}
+
+impl Encoded {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// The ids of row `i` (without padding).
+    pub fn row_ids(&self, i: usize) -> &[u32] {
+        &self.ids[i * self.width..i * self.width + self.lengths[i]]
+    }
+
+    /// A borrowed view for [`crate::runtime::Runtime::predict_ids`].
+    pub fn as_batch(&self) -> TokenBatch<'_> {
+        TokenBatch {
+            ids: &self.ids,
+            type_ids: Some(&self.type_ids),
+            lengths: &self.lengths,
+            width: self.width,
+        }
+    }
+}
+
+/// Pre-tokenized input: row `i` is `ids[i * width .. i * width + lengths[i]]`, with its token
+/// types at the same places of `type_ids` (all 0 when `None`). Ids must include the special tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenBatch<'a> {
+    pub ids: &'a [u32],
+    pub type_ids: Option<&'a [u32]>,
+    pub lengths: &'a [usize],
+    pub width: usize,
+}
+
+impl<'a> TokenBatch<'a> {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// Row `i`'s ids and token types. Call after [`TokenBatch::validate`].
+    pub fn row(&self, i: usize) -> (&'a [u32], Option<&'a [u32]>) {
+        let span = i * self.width..i * self.width + self.lengths[i];
+        (&self.ids[span.clone()], self.type_ids.map(|t| &t[span]))
+    }
+
+    /// Checks the buffer sizes, every length (`1..=min(width, max_length)`) and every id against
+    /// the model's vocabulary (`vocab`) and token types (`type_vocab`). Errors name the row and
+    /// position.
+    pub fn validate(&self, vocab: usize, type_vocab: usize, max_length: usize) -> Result<()> {
+        let rows = self.rows();
+        let total = rows.checked_mul(self.width).ok_or_else(|| {
+            Error::input(format!(
+                "{rows} rows of width {} overflow the address space",
+                self.width
+            ))
+        })?;
+        if self.ids.len() != total {
+            return Err(Error::input(format!(
+                "ids: expected rows x width = {rows} x {} = {total} values, got {}",
+                self.width,
+                self.ids.len()
+            )));
+        }
+        if let Some(t) = self.type_ids {
+            if t.len() != total {
+                return Err(Error::input(format!(
+                    "type_ids: expected {total} values (as ids), got {}",
+                    t.len()
+                )));
+            }
+        }
+        for (i, &len) in self.lengths.iter().enumerate() {
+            if len == 0 {
+                return Err(Error::input(format!(
+                    "row {i}: length 0; every row needs at least its [CLS] token"
+                )));
+            }
+            if len > self.width || len > max_length {
+                return Err(Error::input(format!(
+                    "row {i}: length {len} exceeds {} ({})",
+                    self.width.min(max_length),
+                    if len > self.width {
+                        "the batch width"
+                    } else {
+                        "the bundle's max_length"
+                    }
+                )));
+            }
+            let (ids, types) = self.row(i);
+            if let Some((j, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+                return Err(Error::input(format!(
+                    "row {i}, position {j}: token id {id} is out of range (vocab_size {vocab})"
+                )));
+            }
+            if let Some(types) = types {
+                if let Some((j, &ty)) = types
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &ty)| ty as usize >= type_vocab)
+                {
+                    return Err(Error::input(format!(
+                        "row {i}, position {j}: token type {ty} is out of range \
+                         (type_vocab_size {type_vocab})"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A bundle's tokenizer, set to truncate to its `max_length`.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    max_length: usize,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("max_length", &self.max_length)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TextTokenizer {
+    /// Loads `path` (a `tokenizer.json`) for the model of `config`: every id it can produce must be
+    /// below `architecture.vocab_size`, and `max_length` must leave room for the special tokens
+    /// it adds to a pair.
+    pub fn load(path: &Path, config: &BundleConfig) -> Result<Self> {
+        std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let loaded = catch_unwind(|| Tokenizer::from_file(path))
+            .map_err(|_| Error::bundle(path, "the tokenizer library panicked while loading it"))?;
+        let mut inner =
+            loaded.map_err(|e| Error::bundle(path, format!("not a valid tokenizers file: {e}")))?;
+        let max_length = config.max_length;
+        let added_pair = inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(true));
+        if added_pair >= max_length {
+            return Err(Error::bundle(
+                path,
+                format!(
+                    "the tokenizer adds {added_pair} special tokens to a pair, which leaves no room \
+                     in tinyfast.json's max_length {max_length}"
+                ),
+            ));
+        }
+        let vocab = config.architecture.vocab_size;
+        if let Some((token, id)) = inner
+            .get_vocab(true)
+            .into_iter()
+            .filter(|(_, id)| *id as usize >= vocab)
+            .min_by_key(|(_, id)| *id)
+        {
+            return Err(Error::bundle(
+                path,
+                format!(
+                    "token {token:?} has id {id}, but tinyfast.json's architecture.vocab_size is \
+                     {vocab}"
+                ),
+            ));
+        }
+        // Truncation is done by `encode_one`; padding never (the runtime packs sequences).
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::bundle(path, format!("cannot reset truncation: {e}")))?;
+        inner.with_padding(None);
+        Ok(TextTokenizer { inner, max_length })
+    }
+
+    /// Tokens per text or pair, special tokens included.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// The underlying `tokenizers` tokenizer (truncation and padding off: [`TextTokenizer`] truncates
+    /// itself).
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// Encodes a batch (in parallel on the current rayon pool), truncating each input to
+    /// `max_length` tokens.
+    pub fn encode_batch(&self, inputs: &[Input]) -> Result<Encoded> {
+        let encoded: Vec<(Vec<u32>, Vec<u32>)> = catch_unwind(AssertUnwindSafe(|| {
+            inputs
+                .par_iter()
+                .map(|input| self.encode_one(input))
+                .collect::<Result<Vec<_>>>()
+        }))
+        .map_err(|_| Error::compute("the tokenizer library panicked"))??;
+        let width = encoded.iter().map(|e| e.0.len()).max().unwrap_or(0);
+        let mut out = Encoded {
+            ids: vec![0; encoded.len() * width],
+            type_ids: vec![0; encoded.len() * width],
+            lengths: Vec::with_capacity(encoded.len()),
+            width,
+        };
+        for (i, (ids, types)) in encoded.iter().enumerate() {
+            let n = ids.len();
+            if n == 0 || n > self.max_length {
+                return Err(Error::compute(format!(
+                    "input {i} gave {n} tokens; expected 1..={} (does tokenizer.json add [CLS] and \
+                     [SEP]?)",
+                    self.max_length
+                )));
+            }
+            out.ids[i * width..i * width + n].copy_from_slice(ids);
+            out.type_ids[i * width..i * width + n].copy_from_slice(types);
+            out.lengths.push(n);
+        }
+        Ok(out)
+    }
+
+    /// One input: each text is tokenized alone without special tokens, the pair is truncated
+    /// (longest first, with the `tokenizers` library's own function, on the texts' full lengths),
+    /// the truncated-off parts are dropped, and only then does the post-processor add the special
+    /// tokens. This gives exactly what `tokenizers` gives with truncation set, without its
+    /// pair post-processing, which combines every overflowing window of one text with every window
+    /// of the other: quadratic in the texts' lengths (two 100k-character texts would need
+    /// millions of encodings).
+    fn encode_one(&self, input: &Input) -> Result<(Vec<u32>, Vec<u32>)> {
+        let tok = &self.inner;
+        let fail = |e: tokenizers::Error| Error::compute(format!("tokenizer: {e}"));
+        let (first, second) = match *input {
+            Input::Single(a) => (a, None),
+            Input::Pair(a, b) => (a, Some(b)),
+        };
+        let a = tok.encode_fast(first, false).map_err(fail)?;
+        let b = match second {
+            Some(text) => {
+                let mut b = tok.encode_fast(text, false).map_err(fail)?;
+                b.set_type_ids(vec![1; b.len()]);
+                Some(b)
+            }
+            None => None,
+        };
+        let added = tok
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(b.is_some()));
+        let params = TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length: self.max_length.saturating_sub(added),
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+        };
+        let (mut a, mut b) = truncate_encodings(a, b, &params).map_err(fail)?;
+        drop(a.take_overflowing());
+        if let Some(b) = b.as_mut() {
+            drop(b.take_overflowing());
+        }
+        let enc = tok.post_process(a, b, true).map_err(fail)?;
+        Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
+    }
+}
