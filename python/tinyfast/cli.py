@@ -335,16 +335,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from tinyfast.data import TaskMeta
+    from tinyfast.data import TaskMeta, read_examples
     from tinyfast.evaluation import classifier_logits, predict_logits, task_metrics
     from tinyfast.models import load_classifier, load_tokenizer, resolve_model_path
-    from tinyfast.taskdata import load_labeled
+    from tinyfast.taskdata import encode_split
 
     meta = TaskMeta.load(resolve_model_path(args.model))
     tokenizer = load_tokenizer(args.model)
     model = load_classifier(args.model).eval()
-    _, _, split = load_labeled(tokenizer, args.data, args.data, columns=meta.columns,
-                               task=meta.task, max_length=meta.max_length, meta=meta)
+    examples = read_examples(args.data, meta.columns, meta.task)
+    split = encode_split(tokenizer, examples, meta, with_labels=True)
     logits = predict_logits(classifier_logits(model), split.dataset, split.lengths,
                             batch_size=args.batch_size, pad_id=tokenizer.pad_token_id or 0)
     print(json.dumps({"rows": len(split), **task_metrics(meta.task, logits, split.labels)},

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tinyfast import distributed, train
+from tinyfast.batching import collate
 from tinyfast.data import Columns, TaskMeta
 from tinyfast.errors import ConfigError
 from tinyfast.evaluation import main_metric
@@ -39,6 +40,7 @@ from tinyfast.models import (
     load_classifier,
     load_encoder,
     load_tokenizer,
+    resolve_model_path,
     save_classifier,
     student_config,
 )
@@ -149,7 +151,6 @@ class _Rows:
 
 def _heldout_loss(step: nn.Module, split: Split, device, pad_id: int, batch_size: int = 64):
     """Mean distillation loss over held-out rows: general distillation's progress measure."""
-    from tinyfast.batching import collate
 
     def evaluate(module: nn.Module) -> dict[str, float]:
         order = np.argsort(np.asarray(split.lengths), kind="stable")
@@ -291,7 +292,7 @@ def distill_task(
     ctx = distributed.setup(base.device)
     teacher_model = load_classifier(teacher)
     tokenizer = load_tokenizer(teacher)
-    teacher_meta = TaskMeta.load(_model_dir(teacher))
+    teacher_meta = TaskMeta.load(resolve_model_path(teacher))
     meta = TaskMeta(task=teacher_meta.task, labels=teacher_meta.labels,
                     columns=columns or teacher_meta.columns,
                     max_length=max_length or teacher_meta.max_length)
@@ -362,12 +363,6 @@ def _stage_config(base: train.TrainConfig, stage: StageSettings) -> train.TrainC
     fields = asdict(base)
     fields.update(epochs=stage.epochs, lr=stage.lr, warmup=stage.warmup)
     return train.TrainConfig(**fields)
-
-
-def _model_dir(name_or_path: str) -> Path:
-    from tinyfast.models import resolve_model_path
-
-    return resolve_model_path(name_or_path)
 
 
 def _options_dict(options: IntermediateOptions) -> dict[str, Any]:
