@@ -1,4 +1,10 @@
-//! `tinyfast._native`: thin PyO3 bindings over tinyfast-core. Only type conversion lives here.
+//! `tinyfast._native`: thin PyO3 bindings over tinyfast-core. Only type conversion lives here:
+//! [`runtime`] is the `Runtime` class, [`convert`] turns Python values into core inputs and core
+//! results into numpy arrays, [`errors`] maps core errors (and panics) to Python exceptions.
+
+mod convert;
+mod errors;
+mod runtime;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -26,5 +32,6 @@ fn cpu_capabilities(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", tinyfast_core::VERSION)?;
     m.add_function(wrap_pyfunction!(cpu_capabilities, m)?)?;
+    m.add_class::<runtime::PyRuntime>()?;
     Ok(())
 }
