@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--general-epochs", type=float, default=0.3)
     p.add_argument("--general-lr", type=float, default=3e-4)
     p.add_argument("--general-batch", type=int, default=64)
-    p.add_argument("--intermediate-epochs", type=float, default=3)
+    p.add_argument("--intermediate-epochs", type=float, default=2)
     p.add_argument("--intermediate-lr", type=float, default=1e-4)
     p.add_argument("--prediction-epochs", type=float, default=2)
     p.add_argument("--prediction-lr", type=float, default=5e-5)
