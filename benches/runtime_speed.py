@@ -19,6 +19,13 @@ torch_fp32 on the same inputs, and whether tinyfast meets its goal: batch-1 p50 
 that of the faster ORT int8 recipe. Contenders that cannot run are recorded with the reason, never
 with numbers.
 
+Early exit (``early_exit``): ``speed_sweep`` times the model's own branches, if it has any, at
+several speeds; ``forced_exit`` gives the model linear branches after layers 1..L-1 whose weights
+send known shares of the rows out after chosen layers (none; all after layer 1; half after layer
+1; an even share after each layer; all after layer k), reads the exit layers the runtime actually
+reports, and compares the time of each schedule with no exit and with the layer-count model. Goal:
+every row leaving after layer 1 of 4 is >= 3x faster than no exit, at batch 1 and batch 32.
+
     python benches/runtime_speed.py --threads 1 --out bench-results/runtime_speed.json
     python benches/runtime_speed.py --model runs/student/model --texts ../shared/data/sst2/dev.tsv
 """
@@ -36,6 +43,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -60,7 +68,7 @@ CONTENDERS = (
     "tinyfast_int8",
     "tinyfast_f32",
 )
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Words for generated sentences when no --texts file is given (fixed seed, plain English).
 _WORDS = (
@@ -636,7 +644,7 @@ def measure_early_exit(
 
     Shape of the record: ``{"exits", "num_layers", "speeds", "workloads": {wl: {"speed=S":
     {latency stats, speedup_vs_speed0_p50, mean_exit_layer, exit_layer_counts,
-    label_agreement_vs_speed0}}}, "forced_exit": {...}}``.
+    label_agreement_vs_speed0}}}}``.
     """
     if runtime is None or meta is None:
         return {"skipped": skip_reason or "tinyfast_int8 did not run"}
@@ -661,7 +669,6 @@ def measure_early_exit(
         "num_layers": num_layers,
         "speeds": list(speeds),
         "workloads": {},
-        "forced_exit": {"skipped": "not wired yet (branches forced to exit a known share)"},
     }
     for wl in workloads:
         if wl.name in not_comparable:
@@ -686,6 +693,482 @@ def measure_early_exit(
             rows[v.name] = stats
         record["workloads"][wl.name] = rows
     return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Early exit as a mechanism: branches forced to exit a known share of rows
+
+# A forced branch answers logits (z, 0, ..., 0) and the run's speed is the uncertainty of
+# (FORCED_MARGIN, 0, ..., 0): a row exits exactly when z > FORCED_MARGIN (with two labels, also
+# when z < -FORCED_MARGIN). Rows meant to stay get |z| < FORCED_MARGIN, rows meant to exit more.
+FORCED_MARGIN = 8.0
+FORCED_GOAL = 3.0
+FORCED_GOAL_SCHEDULE = "all_after_1"
+FORCED_BASELINE = "none"
+LAYER_MODEL = (
+    "time proportional to the encoder layers run: expected speedup = num_layers / mean exit "
+    "layer of the rows of the timed calls. It ignores tokenization, the embeddings, the "
+    "branches' own cost, the pooler and head (which rows that exit skip), batch compaction and "
+    "the fixed cost of a call (Python, argument conversion, waking the threads). At batch 1 a "
+    "schedule that mixes exit layers has a latency distribution with one mode per exit layer: "
+    "compare its speedup_vs_none_mean, not the p50 (which lands on one mode)"
+)
+
+
+@dataclass(frozen=True)
+class ExitSchedule:
+    name: str
+    shares: tuple[tuple[int, float], ...]  # (layer, share of the rows exiting after it)
+    description: str
+    baseline: bool = False  # the no-exit reference: speed 0, so the runtime skips the branches
+
+
+def exit_schedules(num_layers: int) -> list[ExitSchedule]:
+    """The forced-exit schedules of a model with ``num_layers`` layers (4: the issue's list)."""
+    schedules = [
+        ExitSchedule("none", (), "speed 0: no row exits, the runtime skips the branches", True),
+        ExitSchedule("all_after_1", ((1, 1.0),), "every row exits after layer 1"),
+        ExitSchedule(
+            "half_after_1", ((1, 0.5),), "50% of the rows exit after layer 1, 50% reach the head"
+        ),
+    ]
+    if num_layers > 2:
+        share = 1.0 / num_layers
+        schedules.append(
+            ExitSchedule(
+                "even_after_each",
+                tuple((k, share) for k in range(1, num_layers)),
+                f"{share:.0%} of the rows exit after each of layers 1..{num_layers - 1}, "
+                f"{share:.0%} reach the head",
+            )
+        )
+    schedules += [
+        ExitSchedule(f"all_after_{k}", ((k, 1.0),), f"every row exits after layer {k}")
+        for k in range(2, num_layers)
+    ]
+    schedules.append(
+        ExitSchedule(
+            "branches_no_exit",
+            (),
+            "the branches run after every layer at the forced speed, but no row exits: their "
+            "cost alone",
+        )
+    )
+    return schedules
+
+
+def planned_exit_counts(rows: int, schedule: ExitSchedule, num_layers: int) -> dict[int, int]:
+    """Rows of a pool of ``rows`` leaving after each layer (``num_layers``: the head), rounding
+    the cumulative shares to whole rows."""
+    counts: dict[int, int] = {}
+    done, cumulative = 0, 0.0
+    for layer, share in schedule.shares:
+        cumulative += share
+        upto = min(rows, math.floor(rows * cumulative + 0.5))
+        counts[layer] = upto - done
+        done = upto
+    counts[num_layers] = rows - done
+    return {k: n for k, n in counts.items() if n}
+
+
+def normalized_uncertainty(logits: Sequence[float]) -> float:
+    """entropy(softmax(logits)) / ln(C) in float64, as the runtime computes it."""
+    z = np.asarray(logits, dtype=np.float64)
+    log_p = z - z.max()
+    log_p -= math.log(np.exp(log_p).sum())
+    p = np.exp(log_p)
+    return float(-(p[p > 0] * log_p[p > 0]).sum() / math.log(z.size))
+
+
+def cls_states(
+    model: Any, tokenizer: Any, texts: Sequence[str], seq_len: int, layers: Sequence[int]
+) -> dict[int, np.ndarray]:
+    """The torch model's [CLS] hidden state after each of ``layers``: float64 [rows, H]."""
+    import torch
+
+    parts: dict[int, list[np.ndarray]] = {k: [] for k in layers}
+    for start in range(0, len(texts), 32):
+        enc = _hf_encode(tokenizer, list(texts[start : start + 32]), seq_len, "pt")
+        with torch.inference_mode():
+            hidden = model(**enc, output_hidden_states=True).hidden_states
+        for k in layers:
+            parts[k].append(hidden[k][:, 0].double().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def score_directions(
+    states: Sequence[dict[int, np.ndarray]], layers: Sequence[int]
+) -> dict[int, np.ndarray]:
+    """Per layer, the unit direction along which the [CLS] states vary most (each pool centred
+    on its own mean, so the direction separates rows of a pool, not the pools)."""
+    out = {}
+    for k in layers:
+        centred = np.concatenate([s[k] - s[k].mean(axis=0) for s in states])
+        direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+        out[k] = direction * np.sign(direction[np.argmax(np.abs(direction))])
+    return out
+
+
+class ForcedBundles:
+    """Copies of one exported int8 bundle (linear branches after layers 1..L-1) that differ
+    only in the branches' ``classifier`` tensors, each written once per distinct content."""
+
+    def __init__(self, base: Path, work: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.numpy import load_file
+
+        self.base, self.work = base, work
+        weights = base / "model.safetensors"
+        with safe_open(str(weights), framework="np") as f:
+            self.metadata = f.metadata()
+        self.tensors = load_file(str(weights))
+        self.written: dict[str, Path] = {}
+
+    def classifier_shape(self, layer: int) -> tuple[int, int]:
+        rows, cols = self.tensors[f"exits.{layer}.classifier.weight"].shape
+        return int(rows), int(cols)
+
+    @staticmethod
+    def key(branches: dict[int, tuple[np.ndarray, np.ndarray]]) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for layer in sorted(branches):
+            digest.update(str(layer).encode())
+            for array in branches[layer]:
+                digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        return digest.hexdigest()
+
+    def write(self, name: str, branches: dict[int, tuple[np.ndarray, np.ndarray]]) -> Path:
+        """The bundle with these (weight, bias) per exit layer, written as ``forced-{name}``
+        unless a bundle with the same branches exists (then that one)."""
+        from safetensors.numpy import save_file
+
+        key = self.key(branches)
+        if key in self.written:
+            return self.written[key]
+        tensors = dict(self.tensors)
+        for layer, (weight, bias) in branches.items():
+            for part, value in (("weight", weight), ("bias", bias)):
+                name_ = f"exits.{layer}.classifier.{part}"
+                value = np.ascontiguousarray(value, dtype=np.float32)
+                if value.shape != tensors[name_].shape:
+                    raise ValueError(
+                        f"{name_}: shape {value.shape}, expected {tensors[name_].shape}"
+                    )
+                tensors[name_] = value
+        out = self.work / f"forced-{name}"
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(out / "model.safetensors"), metadata=self.metadata)
+        for file in ("tinyfast.json", "tokenizer.json"):
+            shutil.copyfile(self.base / file, out / file)
+        self.written[key] = out
+        return out
+
+    def discard(self, path: Path) -> None:
+        self.written = {k: v for k, v in self.written.items() if v != path}
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _runtime_contender(name: str, runtime: Any, speed: float) -> Contender:
+    def predict(texts: list[str], seq_len: int) -> Prediction:
+        res = runtime.predict(texts, speed=speed, batch_size=len(texts))
+        return Prediction(
+            np.asarray(res.labels), np.asarray(res.probabilities), np.asarray(res.exit_layers)
+        )
+
+    return Contender(name, predict, {"speed": speed})
+
+
+def _slab_branch(
+    scores: np.ndarray, exiting: int, direction: np.ndarray, probe_bias: float, classes: int
+) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, dict[str, Any]]:
+    """The branch that sends the ``exiting`` highest-scoring rows out and keeps the others.
+
+    ``scores`` are the runtime's own values of ``direction . h + probe_bias`` for the rows that
+    reach the layer. The branch gives ``z = a * (score - centre)``: the rows kept fall inside
+    (-FORCED_MARGIN, FORCED_MARGIN) and the rows leaving above it, each at least half the score
+    gap between the two groups away from the edge. Returns the (weight, bias) pair, the order of
+    the rows (highest score first) and a description of the separation.
+    """
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    lowest_out, highest_in = ranked[exiting - 1], ranked[exiting]
+    gap = float(lowest_out - highest_in)
+    threshold = (lowest_out + highest_in) / 2
+    floor = ranked[-1] - max(gap, 0.0) / 2
+    centre = (threshold + floor) / 2
+    half = threshold - centre
+    info = {
+        "rows_reaching": int(scores.size),
+        "rows_exiting": int(exiting),
+        "score_gap": gap,
+        "score_range": float(ranked[0] - ranked[-1]),
+        "separable": bool(gap > 0 and half > 0),
+    }
+    weight = np.zeros((classes, direction.size))
+    bias = np.zeros(classes)
+    if half > 0:
+        scale = FORCED_MARGIN / half
+        weight[0] = scale * direction
+        bias[0] = scale * (probe_bias - centre)
+    return (weight, bias), order, info
+
+
+def measure_forced_exit(
+    model_dir: Path,
+    tokenizer: Any,
+    workloads: Sequence[Workload],
+    args: argparse.Namespace,
+    work: Path,
+    not_comparable: dict[str, str],
+    skip_reason: str | None,
+) -> dict[str, Any]:
+    """Time the int8 runtime with linear branches forced to exit known shares of the rows.
+
+    One int8 bundle is exported with linear branches after layers 1..L-1; every schedule runs a
+    copy of it whose branch weights decide each row's exit (see ``method`` in the record). The
+    exits are then read back from the runtime (``exit_layer_counts``, ``rows_off_plan``), never
+    assumed, and the time of every schedule is compared with no exit and with the layer-count
+    model.
+    """
+    import tinyfast
+
+    if skip_reason:
+        return {"skipped": skip_reason}
+    if not hasattr(tinyfast, "Runtime"):
+        return {"skipped": "runtime not built"}
+    try:
+        from tinyfast.export import export
+    except ImportError as exc:
+        return {"skipped": f"tinyfast.export is not available: {exc}"}
+    try:
+        parameters = inspect.signature(export).parameters
+    except (TypeError, ValueError):
+        parameters = {}  # type: ignore[assignment]
+    if "branches_dir" not in parameters:
+        return {"skipped": "tinyfast.export.export takes no branches_dir: it cannot add branches"}
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tinyfast.branches import Branches
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
+    model.eval()
+    num_layers = int(model.config.num_hidden_layers)
+    if num_layers < 2:
+        return {"skipped": f"the model has {num_layers} layer: no layer can carry an exit branch"}
+    layers = list(range(1, num_layers))
+    schedules = exit_schedules(num_layers)
+    comparable = [wl for wl in workloads if wl.name not in not_comparable]
+    if not comparable:
+        return {"skipped": "; ".join(f"{k}: {v}" for k, v in not_comparable.items())}
+
+    # The distinct pools of texts (two workloads with the same texts share one).
+    pools: list[Workload] = []
+    pool_of: dict[str, int] = {}
+    for wl in comparable:
+        same = [i for i, p in enumerate(pools) if (p.seq_len, p.texts) == (wl.seq_len, wl.texts)]
+        pool_of[wl.name] = same[0] if same else len(pools)
+        if not same:
+            pools.append(wl)
+    states = [cls_states(model, tokenizer, p.texts, p.seq_len, layers) for p in pools]
+    hidden, classes = int(model.config.hidden_size), int(model.config.num_labels)
+    del model
+    directions = score_directions(states, layers)
+    means = {k: np.concatenate([s[k] for s in states]).mean(axis=0) for k in layers}
+
+    branches = Branches(hidden, classes, [(k, "linear") for k in layers])
+    with torch.no_grad():
+        for parameter in branches.parameters():
+            parameter.zero_()
+    branches.save(work / "forced-branches")
+    max_seq = max(wl.seq_len for wl in workloads)
+    extra = {"max_length": max_seq} if "max_length" in parameters else {}
+    base = Path(
+        export(
+            model_dir,
+            work / "forced-base",
+            dtype="int8",
+            branches_dir=work / "forced-branches",
+            **extra,
+        )
+    )
+    bundles = ForcedBundles(base, work)
+    zero = (np.zeros((classes, hidden)), np.zeros(classes))
+    bundles.written[bundles.key(dict.fromkeys(layers, zero))] = base  # its branches: all zero
+    leave = (np.zeros((classes, hidden)), np.eye(classes)[0] * 2 * FORCED_MARGIN)
+    speed = float(np.float32(normalized_uncertainty([FORCED_MARGIN] + [0.0] * (classes - 1))))
+
+    # Probes: the runtime's own score of every row after every layer. Probe k gives
+    # z = direction . h + (2 * margin - direction . mean) after layer k (every row leaves there;
+    # the other branches answer (0, ..., 0), uncertainty 1, and let every row pass).
+    probe_bias = {k: 2 * FORCED_MARGIN - float(directions[k] @ means[k]) for k in layers}
+    scores: list[dict[int, np.ndarray]] = [{} for _ in pools]
+    for k in layers:
+        weight = np.zeros((classes, hidden))
+        weight[0] = directions[k]
+        probe = dict.fromkeys(layers, zero) | {k: (weight, np.eye(classes)[0] * probe_bias[k])}
+        path = bundles.write(f"probe-{k}", probe)
+        runtime = tinyfast.Runtime.load(path, threads=args.threads)
+        for i, pool in enumerate(pools):
+            out = runtime.predict(pool.texts, speed=speed, batch_size=32)
+            exits = np.asarray(out.exit_layers)
+            if not (exits == k).all():
+                raise RuntimeError(
+                    f"probe of layer {k}: rows left after layers "
+                    f"{sorted(set(exits.tolist()))}, expected {k} only"
+                )
+            logits = np.asarray(out.logits, dtype=np.float64)
+            scores[i][k] = logits[:, 0]
+        del runtime
+        bundles.discard(path)
+
+    # Every schedule's branches for every pool, and the exit layer each row should get.
+    plans: dict[tuple[str, int], tuple[Path, np.ndarray, dict[str, Any]]] = {}
+    for schedule in schedules:
+        for i, pool in enumerate(pools):
+            rows = len(pool.texts)
+            counts = {} if schedule.baseline else planned_exit_counts(rows, schedule, num_layers)
+            intended = np.full(rows, num_layers)
+            reaching = np.arange(rows)
+            params: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            separation: dict[str, Any] = {}
+            for k in layers:
+                exiting = counts.get(k, 0)
+                if exiting == 0:
+                    params[k] = zero
+                    continue
+                if exiting == reaching.size:
+                    params[k], order = leave, np.arange(reaching.size)
+                else:
+                    params[k], order, separation[str(k)] = _slab_branch(
+                        scores[i][k][reaching], exiting, directions[k], probe_bias[k], classes
+                    )
+                intended[reaching[order[:exiting]]] = k
+                reaching = reaching[order[exiting:]]
+            path = bundles.write(f"{schedule.name}-pool{i}", params)
+            plans[schedule.name, i] = (path, intended, separation)
+
+    record: dict[str, Any] = {
+        "num_layers": num_layers,
+        "branches": [{"layer": k, "kind": "linear"} for k in layers],
+        "speed": speed,
+        "margin_logit": FORCED_MARGIN,
+        "method": {
+            "bundle": "tinyfast.export.export(model, out, dtype='int8', branches_dir=linear "
+            f"branches after layers 1..{num_layers - 1} with zero weights"
+            + "".join(f", {k}={v!r}" for k, v in extra.items())
+            + "); each schedule runs a copy whose exits.{k}.classifier tensors alone differ",
+            "exit_rule": f"a branch answers (z, 0, ..., 0); at speed {speed:.6g} (the uncertainty "
+            f"of z = {FORCED_MARGIN:g}) a row leaves when z > {FORCED_MARGIN:g} "
+            "(two labels: |z| >)",
+            "rows": "direction: the top principal axis of the torch model's [CLS] states after "
+            "the layer (each pool centred on its own mean); score: the runtime's own value of "
+            "direction . h, read from a probe bundle whose only live branch sits after that "
+            "layer. The highest-scoring rows that reach the layer leave: z = a * (score - c), "
+            "chosen so the rows kept fall inside the margin and the rows leaving beyond it, "
+            "half the score gap away from the edge. Whole-pool schedules use a constant branch "
+            f"(z = {2 * FORCED_MARGIN:g} for all, or 0 for none)",
+            "shares": "of each workload's pool of rows, cumulative shares rounded to whole rows",
+            "verified": "exit_layer_counts are the runtime's reported exit layers on the pool; "
+            "rows_off_plan counts rows whose exit differs from the plan",
+        },
+        "layer_model": LAYER_MODEL,
+        "schedules": {
+            s.name: {
+                "description": s.description,
+                "speed": 0.0 if s.baseline else speed,
+                "intended_shares": {
+                    str(k): share
+                    for k, share in [*s.shares, (num_layers, 1.0 - sum(x for _, x in s.shares))]
+                    if share > 0
+                },
+            }
+            for s in schedules
+        },
+        "workloads": {},
+    }
+
+    runtimes: dict[Path, Any] = {}
+    for wl in workloads:
+        if wl.name in not_comparable:
+            record["workloads"][wl.name] = {"skipped": not_comparable[wl.name]}
+            continue
+        i = pool_of[wl.name]
+        needed = {plans[s.name, i][0] for s in schedules}
+        for path in [p for p in runtimes if p not in needed]:
+            del runtimes[path]
+        variants = []
+        for s in schedules:
+            path = plans[s.name, i][0]
+            if path not in runtimes:
+                runtimes[path] = tinyfast.Runtime.load(path, threads=args.threads)
+            speed_s = 0.0 if s.baseline else speed
+            variants.append(_runtime_contender(s.name, runtimes[path], speed_s))
+        preds = {v.name: predict_pool(v, wl) for v in variants}
+        samples = time_round_robin(variants, wl, args.warmup, args.repeats, args.calls)
+        base = np.asarray(samples[FORCED_BASELINE])
+        calls = len(wl.texts) // wl.batch
+        timed = np.arange(args.repeats * args.calls) % calls  # the calls time_round_robin made
+        rows = {}
+        for s in schedules:
+            seconds = np.asarray(samples[s.name])
+            observed = preds[s.name].exit_layers
+            assert observed is not None
+            _, intended, separation = plans[s.name, i]
+            per_call = observed.reshape(calls, wl.batch).mean(axis=1)
+            mean_layers = float(per_call[timed].mean())
+            stats = latency_stats(seconds, wl.batch, 0.0)
+            stats.pop("effective_gops")
+            stats["speedup_vs_none_p50"] = float(np.median(base) / np.median(seconds))
+            stats["speedup_vs_none_mean"] = float(base.mean() / seconds.mean())
+            stats["mean_layers_run"] = mean_layers
+            stats["expected_speedup_layers"] = num_layers / mean_layers
+            stats["exit_layer_counts"] = {
+                str(k): int(n) for k, n in sorted(Counter(observed.tolist()).items())
+            }
+            stats["intended_exit_layer_counts"] = {
+                str(k): int(n) for k, n in sorted(Counter(intended.tolist()).items())
+            }
+            stats["rows_off_plan"] = int((observed != intended).sum())
+            if separation:
+                stats["separation"] = separation
+            rows[s.name] = stats
+        record["workloads"][wl.name] = rows
+    record["goal"] = forced_goal(record["workloads"], {wl.name: wl.batch for wl in workloads})
+    return record
+
+
+def forced_goal(results: dict[str, dict[str, Any]], batches: dict[str, int]) -> dict[str, Any]:
+    """Every row leaving after layer 1: p50 speedup over no exit >= FORCED_GOAL on every
+    workload, which must include batch 1 and batch 32."""
+    goal: dict[str, Any] = {
+        "target": FORCED_GOAL,
+        "metric": f"p50 latency of schedule 'none' / p50 of '{FORCED_GOAL_SCHEDULE}' on every "
+        "workload (the issue: at batch 1 and batch 32); met if all >= target",
+    }
+    per, missing = {}, {}
+    for name, rows in results.items():
+        if "skipped" in rows:
+            missing[name] = rows["skipped"]
+            continue
+        res = rows[FORCED_GOAL_SCHEDULE]
+        if res["rows_off_plan"]:
+            missing[name] = f"{res['rows_off_plan']} rows did not leave after layer 1"
+            continue
+        per[name] = res["speedup_vs_none_p50"]
+    goal["per_workload"] = per
+    covered = {batches[name] for name in per}
+    if missing:
+        goal["goal_met"] = None
+        goal["reason"] = "; ".join(f"{k}: {v}" for k, v in missing.items())
+    elif not {1, 32} <= covered:
+        goal["goal_met"] = None
+        goal["reason"] = f"needs workloads at batch 1 and batch 32, ran batches {sorted(covered)}"
+    else:
+        goal["goal_met"] = all(v >= FORCED_GOAL for v in per.values())
+    return goal
 
 
 # ---------------------------------------------------------------------------------------------
@@ -758,6 +1241,37 @@ def print_table(report: dict[str, Any], stream: Any = sys.stdout) -> None:
         f"met: {verdict}",
         file=stream,
     )
+    forced = report.get("early_exit", {}).get("forced_exit", {})
+    if "workloads" not in forced:
+        why = forced.get("skipped") or forced.get("failed") or "not run"
+        print(f"forced exit: {why}", file=stream)
+        return
+    print(
+        f"{'workload':<10} {'forced exit':<17} {'p50 ms':>9} {'mean ms':>9} {'x p50':>6} "
+        f"{'x mean':>6} {'x layers':>8}  exit layers (off plan)",
+        file=stream,
+    )
+    for wl_name, rows in forced["workloads"].items():
+        if "skipped" in rows:
+            print(f"{wl_name:<10} ({rows['skipped']})", file=stream)
+            continue
+        for name, res in rows.items():
+            lat = res["latency_ms"]
+            counts = " ".join(f"{k}:{n}" for k, n in res["exit_layer_counts"].items())
+            print(
+                f"{wl_name:<10} {name:<17} {lat['p50']:9.3f} {lat['mean']:9.3f} "
+                f"{res['speedup_vs_none_p50']:6.2f} {res['speedup_vs_none_mean']:6.2f} "
+                f"{res['expected_speedup_layers']:8.2f}  {counts} ({res['rows_off_plan']})",
+                file=stream,
+            )
+    goal = forced["goal"]
+    shown = ", ".join(f"{k} {v:.2f}x" for k, v in goal["per_workload"].items())
+    verdict = goal["goal_met"] if goal["goal_met"] is not None else goal.get("reason")
+    print(
+        f"forced exit, all after layer 1 vs none (target >= {goal['target']}x): "
+        f"{shown or 'no numbers'}; met: {verdict}",
+        file=stream,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -815,6 +1329,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--exit-speeds",
         default="0,0.2,0.4,0.6,0.8,1.0",
         help="speeds for the early-exit section (needs a bundle with exits)",
+    )
+    p.add_argument(
+        "--no-forced-exit",
+        dest="forced_exit",
+        action="store_false",
+        help="skip the forced-exit schedules (linear branches made to exit known shares)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", help="keep exported models and bundles here (default: temp)")
@@ -970,12 +1490,24 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for name, wl in report_workloads.items()
         if "latency_ms" not in wl["results"].get("tinyfast_int8", {})
     }
+    early_exit: dict[str, Any] = {}
     try:
-        early_exit = measure_early_exit(
+        early_exit["speed_sweep"] = measure_early_exit(
             runtime, bundle_meta, exit_skip, workloads, args.exit_speeds, args, not_comparable
         )
     except Exception as exc:  # the runtime is young: keep the comparison above
-        early_exit = {"failed": f"{type(exc).__name__}: {exc}"}
+        early_exit["speed_sweep"] = {"failed": f"{type(exc).__name__}: {exc}"}
+    forced_skip = exit_skip
+    if "tinyfast_int8" not in args.contenders:
+        forced_skip = "tinyfast_int8 is not among --contenders"
+    elif not args.forced_exit:
+        forced_skip = "--no-forced-exit"
+    try:
+        early_exit["forced_exit"] = measure_forced_exit(
+            model_dir, tokenizer, workloads, args, work, not_comparable, forced_skip
+        )
+    except Exception as exc:
+        early_exit["forced_exit"] = {"failed": f"{type(exc).__name__}: {exc}"}
     if hasattr(os, "getloadavg"):
         machine["load_average_at_end"] = list(os.getloadavg())
     return {
@@ -1057,8 +1589,7 @@ def main(argv: list[str] | None = None) -> int:
         for n, r in wl["results"].items()
         if "failed" in r
     ]
-    if "failed" in report["early_exit"]:
-        failed.append("early_exit")
+    failed += [f"early_exit/{k}" for k, v in report["early_exit"].items() if "failed" in v]
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

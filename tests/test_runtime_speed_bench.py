@@ -30,6 +30,17 @@ BENCH = Path(__file__).resolve().parents[1] / "benches" / "runtime_speed.py"
 WORKLOADS = [("b1_s32", 1, 32), ("b1_s128", 1, 128), ("b32_s32", 32, 32)]
 FAST = ["--repeats", "2", "--calls", "2", "--warmup", "1", "--pool", "8", "--threads", "1"]
 PEERS = ["torch_fp32", "torch_int8_dynamic", "ort_int8", "ort_int8_fused"]
+LAYERS = 4  # as tinybert4: the forced-exit schedules of the issue (25% after each of 1, 2, 3)
+POOL = 8
+FORCED = [
+    "none",
+    "all_after_1",
+    "half_after_1",
+    "even_after_each",
+    "all_after_2",
+    "all_after_3",
+    "branches_no_exit",
+]
 
 
 def load_bench() -> types.ModuleType:
@@ -74,7 +85,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = transformers.BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=LAYERS,
         num_attention_heads=4,
         intermediate_size=48,
         max_position_embeddings=160,
@@ -180,13 +191,16 @@ def test_machine_settings_and_ort_recipe(report: dict[str, Any]) -> None:
     assert ort_plain["graph_optimizer"] == "none"
     assert ort_plain["quantization"]["weight_type"] == "QInt8"
     assert ort_plain["int8_graph_ops"].get("MatMulInteger", 0) > 0
-    assert ort_fused["graph_optimizer"]["fused_operators"].get("Attention") == 2
-    assert ort_fused["int8_graph_ops"].get("QAttention") == 2
+    assert ort_fused["graph_optimizer"]["fused_operators"].get("Attention") == LAYERS
+    assert ort_fused["int8_graph_ops"].get("QAttention") == LAYERS
     for settings in (ort_plain, ort_fused):
         assert settings["export"]["fp32_onnx_max_abs_logit_diff_vs_torch"] < 1e-4
         assert settings["session"]["intra_op_num_threads"] == 1
     if not hasattr(tinyfast, "Runtime"):
-        assert report["early_exit"] == {"skipped": "runtime not built"}
+        assert report["early_exit"] == {
+            "speed_sweep": {"skipped": "runtime not built"},
+            "forced_exit": {"skipped": "runtime not built"},
+        }
 
 
 def test_texts_tokenize_to_the_exact_length(bench: types.ModuleType) -> None:
@@ -196,6 +210,145 @@ def test_texts_tokenize_to_the_exact_length(bench: types.ModuleType) -> None:
         texts = bench.exact_length_texts(tokenizer, source, seq, 6)
         assert len(set(texts)) == 6
         assert [len(tokenizer(t)["input_ids"]) for t in texts] == [seq] * 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Forced early exit (the real runtime on the tiny model)
+
+
+@pytest.mark.skipif(not hasattr(tinyfast, "Runtime"), reason="runtime not built")
+def test_forced_exit_runs_every_schedule_as_planned(report: dict[str, Any]) -> None:
+    forced = report["early_exit"]["forced_exit"]
+    assert forced["num_layers"] == LAYERS
+    assert forced["branches"] == [{"layer": k, "kind": "linear"} for k in range(1, LAYERS)]
+    assert list(forced["schedules"]) == FORCED
+    assert forced["schedules"]["even_after_each"]["intended_shares"] == {
+        str(k): 0.25 for k in range(1, LAYERS + 1)
+    }
+    assert forced["schedules"]["none"]["speed"] == 0.0
+    assert 0.0 < forced["schedules"]["all_after_1"]["speed"] < 0.01
+    for name, batch, _ in WORKLOADS:
+        rows = forced["workloads"][name]
+        assert list(rows) == FORCED
+        pool = max(batch, POOL)
+        quarter = {str(k): pool // 4 for k in range(1, LAYERS + 1)}
+        expected = {
+            "none": {str(LAYERS): pool},
+            "all_after_1": {"1": pool},
+            "half_after_1": {"1": pool // 2, str(LAYERS): pool // 2},
+            "even_after_each": quarter,
+            "all_after_2": {"2": pool},
+            "all_after_3": {"3": pool},
+            "branches_no_exit": {str(LAYERS): pool},
+        }
+        for schedule, res in rows.items():
+            # The exit layers the runtime reported are the planned ones, row by row.
+            assert res["exit_layer_counts"] == expected[schedule], (name, schedule)
+            assert res["intended_exit_layer_counts"] == expected[schedule]
+            assert res["rows_off_plan"] == 0
+            assert res["calls"] == 4
+            lat = res["latency_ms"]
+            assert 0 < lat["min"] <= lat["p50"] <= lat["max"]
+            none = rows["none"]["latency_ms"]
+            assert res["speedup_vs_none_p50"] == pytest.approx(none["p50"] / lat["p50"])
+            assert res["speedup_vs_none_mean"] == pytest.approx(none["mean"] / lat["mean"])
+            assert 1 <= res["mean_layers_run"] <= LAYERS
+            assert res["expected_speedup_layers"] == pytest.approx(LAYERS / res["mean_layers_run"])
+        assert rows["none"]["speedup_vs_none_p50"] == 1.0
+        assert rows["all_after_1"]["expected_speedup_layers"] == LAYERS
+        assert rows["all_after_3"]["mean_layers_run"] == 3
+        for layer, sep in rows["even_after_each"]["separation"].items():
+            assert sep["separable"] and sep["score_gap"] > 0, layer
+            assert sep["rows_exiting"] == pool // 4
+        assert "separation" not in rows["all_after_1"]  # a constant branch: nothing to separate
+    goal = forced["goal"]
+    assert goal["target"] == 3.0
+    assert set(goal["per_workload"]) == {name for name, _, _ in WORKLOADS}
+    for name, value in goal["per_workload"].items():
+        assert value == forced["workloads"][name]["all_after_1"]["speedup_vs_none_p50"]
+    assert goal["goal_met"] is (min(goal["per_workload"].values()) >= 3.0)
+
+
+def test_forced_exit_schedules_and_counts(bench: types.ModuleType) -> None:
+    names = [s.name for s in bench.exit_schedules(4)]
+    assert names == FORCED
+    assert [s.name for s in bench.exit_schedules(2)] == [
+        "none",
+        "all_after_1",
+        "half_after_1",
+        "branches_no_exit",
+    ]
+    even = bench.exit_schedules(3)[3]
+    assert even.name == "even_after_each" and [k for k, _ in even.shares] == [1, 2]
+    by_name = {s.name: s for s in bench.exit_schedules(4)}
+    assert bench.planned_exit_counts(64, by_name["even_after_each"], 4) == {
+        1: 16,
+        2: 16,
+        3: 16,
+        4: 16,
+    }
+    assert bench.planned_exit_counts(6, by_name["even_after_each"], 4) == {1: 2, 2: 1, 3: 2, 4: 1}
+    assert bench.planned_exit_counts(7, by_name["half_after_1"], 4) == {1: 4, 4: 3}
+    assert bench.planned_exit_counts(5, by_name["all_after_2"], 4) == {2: 5}
+    assert bench.planned_exit_counts(5, by_name["none"], 4) == {4: 5}
+
+
+def test_uncertainty_matches_the_branches_definition(bench: types.ModuleType) -> None:
+    from tinyfast.branches import normalized_entropy
+    from tinyfast.reference import normalized_entropy as reference_entropy
+
+    for logits in ([8.0, 0.0], [0.0, 0.0], [3.0, -1.0, 0.5], [80.0, 0.0, 0.0]):
+        ours = bench.normalized_uncertainty(logits)
+        assert ours == pytest.approx(reference_entropy(np.array(logits)), abs=1e-12)
+        torch_f32 = float(normalized_entropy(torch.tensor(logits)))  # computes in float32
+        assert ours == pytest.approx(torch_f32, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("exiting", [1, 3, 5])
+def test_slab_branch_separates_the_top_scores(bench: types.ModuleType, exiting: int) -> None:
+    rng = np.random.default_rng(exiting)
+    hidden, classes, probe_bias = 6, 2, 16.0
+    direction = rng.normal(size=hidden)
+    direction /= np.linalg.norm(direction)
+    states = rng.normal(size=(9, hidden)) + 3.0  # a common offset, as [CLS] states have
+    scores = states @ direction + probe_bias  # what the probe branch reports
+    (weight, bias), order, info = bench._slab_branch(
+        scores, exiting, direction, probe_bias, classes
+    )
+    z = states @ weight.T + bias  # what the forced branch answers
+    assert np.all(z[:, 1] == 0.0)
+    top = set(np.argsort(-scores)[:exiting].tolist())
+    assert set(order[:exiting].tolist()) == top
+    margin = bench.FORCED_MARGIN
+    for row in range(len(scores)):
+        if row in top:
+            assert z[row, 0] > margin
+        else:
+            assert abs(z[row, 0]) < margin
+    assert info["separable"] and info["rows_exiting"] == exiting and info["rows_reaching"] == 9
+    # Every row sits at least half the score gap (scaled to logits) from the exit edge.
+    gap_logits = info["score_gap"] / 2 * np.abs(weight[0]).sum() / np.abs(direction).sum()
+    assert np.min(np.abs(np.abs(z[:, 0]) - margin)) >= gap_logits * (1 - 1e-9)
+
+
+def test_forced_goal_needs_batch_1_and_32_and_planned_exits(bench: types.ModuleType) -> None:
+    def rows(speedup: float, off: int = 0) -> dict[str, Any]:
+        return {"all_after_1": {"speedup_vs_none_p50": speedup, "rows_off_plan": off}}
+
+    batches = {"b1_s32": 1, "b1_s128": 1, "b32_s32": 32}
+    results = {"b1_s32": rows(3.5), "b1_s128": rows(3.1), "b32_s32": rows(4.0)}
+    goal = bench.forced_goal(results, batches)
+    assert goal["goal_met"] is True and goal["per_workload"]["b1_s128"] == 3.1
+    results["b1_s128"] = rows(2.9)
+    assert bench.forced_goal(results, batches)["goal_met"] is False
+    results["b1_s128"] = rows(3.5, off=2)
+    goal = bench.forced_goal(results, batches)
+    assert goal["goal_met"] is None and "2 rows did not leave after layer 1" in goal["reason"]
+    results["b1_s128"] = {"skipped": "bundle max_length 64 < sequence 128: it would truncate"}
+    goal = bench.forced_goal(results, batches)
+    assert goal["goal_met"] is None and goal["reason"].startswith("b1_s128: bundle max_length")
+    goal = bench.forced_goal({"b1_s32": rows(3.5)}, batches)
+    assert goal["goal_met"] is None and "batch 1 and batch 32" in goal["reason"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,9 +430,9 @@ def test_tinyfast_paths_with_a_stand_in_runtime(
     )
     assert goal["goal_met"] is None and "b1_s128" in goal["reason"]
 
-    early = report["early_exit"]
+    early = report["early_exit"]["speed_sweep"]
     assert early["exits"] == [{"layer": 1, "kind": "linear"}] and early["speeds"] == [0.0, 1.0]
-    assert "skipped" in early["forced_exit"]
+    assert "branches_dir" in report["early_exit"]["forced_exit"]["skipped"]
     row = early["workloads"]["b32_s32"]
     assert row["speed=0"]["mean_exit_layer"] == 2.0 and row["speed=1"]["mean_exit_layer"] == 1.0
     assert row["speed=1"]["exit_layer_counts"] == {"1": 32}
