@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    # The per-load bars of transformers would drown the stage headers in the log.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
 
