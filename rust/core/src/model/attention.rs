@@ -4,17 +4,19 @@
 //! `p = softmax(scores)` (max subtracted), `out = sum_j p[j] v_j`, per head. Restricting the keys to
 //! the sequence is the padding mask of docs/bundle.md (`-inf` on padded keys gives them weight 0).
 //!
-//! Keys are first transposed per sequence and head (`kt[c][j]`), so that the scores of one query
-//! are vector updates `scores[j..j + 8] += q[c] * kt[c][j..j + 8]` over the channels `c` of the
-//! head, with the accumulators in registers: each score is still the sequential sum
-//! `q[0] k[j][0] + q[1] k[j][1] + ...`, vectorized across keys. Likewise `out = sum_j p[j] v_j` is
-//! summed over keys in order, vectorized across channels. Every query's result depends only on its
-//! sequence, never on the rest of the batch, and the SIMD width never changes a bit.
+//! Queries of one sequence go in tiles of [`TILE`] rows. Per head, a tile's scores are one small
+//! matrix product `Q[TILE][d] x Kt[d][n]` (keys transposed per sequence and head first) and its
+//! output another, `P[TILE][n] x V[n][d]`, both by [`tile_product`]: register accumulators of
+//! `TILE` rows x 16 columns, one multiply-add per step. Every output value is the sequential sum
+//! over the reduced dimension, whatever tile, column block or SIMD width computes it, so a query's
+//! result depends only on its sequence: never on the rest of the batch or on its place in a tile.
+//! On x86-64 with AVX2 and FMA the sums use fused multiply-adds (a different rounding from the
+//! portable build, identical for every batch on one machine).
 
 use rayon::prelude::*;
 
 use super::linear::rows_per_task;
-use super::ops::softmax;
+use super::ops::softmax_scaled;
 use super::workspace::fit;
 
 /// Rows of a row-major matrix, each read from column `col` for `width` values.
@@ -35,6 +37,18 @@ impl Rows<'_> {
 
 /// Sequences shorter than this many values are transposed on the calling thread.
 const SERIAL_TRANSPOSE: usize = 1 << 14;
+
+/// Query rows per tile: the rows of [`tile_product`]'s accumulator block.
+const TILE: usize = 4;
+
+/// Lanes of one accumulator vector (one 256-bit vector of f32).
+const LANES: usize = 8;
+
+/// Score scratch one parallel task needs for sequences of up to `max_len` tokens and heads of
+/// width `d`: the tile's score rows, then its output rows.
+fn task_scratch(max_len: usize, d: usize) -> usize {
+    TILE * (max_len + d)
+}
 
 /// Attention of `query_seq.len()` query rows of width `width` (`heads` heads).
 ///
@@ -71,7 +85,8 @@ pub(crate) fn attention(
         .unwrap_or(0)
         .max(1);
     let chunk = rows_per_task(nq);
-    fit(scores, nq.div_ceil(chunk) * max_len);
+    let per_task = task_scratch(max_len, width / heads);
+    fit(scores, nq.div_ceil(chunk) * per_task);
     let cx = Ctx {
         q,
         v,
@@ -83,7 +98,7 @@ pub(crate) fn attention(
     };
     out[..nq * width]
         .par_chunks_mut(chunk * width)
-        .zip(scores.par_chunks_mut(max_len))
+        .zip(scores.par_chunks_mut(per_task))
         .enumerate()
         .for_each(|(ci, (o, sc))| attend(&cx, ci * chunk, o, sc));
 }
@@ -99,132 +114,169 @@ struct Ctx<'a> {
     kt: &'a [f32],
 }
 
-/// Attention of the queries `first..first + out.len() / width`, with `sc` as score scratch.
+/// Attention of the queries `first..first + out.len() / width`, with `sc` as scratch.
 fn attend(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, the only feature `attend_avx2` is compiled for.
-        unsafe { attend_avx2(cx, first, out, sc) };
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA, the features `attend_fma` is compiled for.
+        unsafe { attend_fma(cx, first, out, sc) };
         return;
     }
-    attend_generic(cx, first, out, sc);
+    attend_generic::<false>(cx, first, out, sc);
 }
 
-/// The same code compiled for 256-bit vectors. Every vectorized loop is element-wise across keys
-/// or channels (no reduction is reassociated, and Rust never fuses multiply-adds), so it gives the
-/// same bits as the baseline build.
+/// The same code compiled for 256-bit vectors with fused multiply-adds.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn attend_avx2(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
-    attend_generic(cx, first, out, sc);
+#[target_feature(enable = "avx2,fma")]
+fn attend_fma(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
+    attend_generic::<true>(cx, first, out, sc);
 }
 
-/// Lanes of one accumulator block (one 256-bit vector of f32).
-const LANES: usize = 8;
+/// `softmax(scale * x)`, vectorized when `FMA` (which implies AVX2).
+#[inline(always)]
+fn softmax_rows<const FMA: bool>(x: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA` is only set inside `attend_fma`, which runs only on CPUs with AVX2.
+        unsafe { super::ops::softmax_scaled_avx2(x, scale) };
+        return;
+    }
+    softmax_scaled(x, scale);
+}
+
+/// `a * b + c`, fused into one rounding when `FMA` (only ever inlined into code compiled with the
+/// `fma` feature: elsewhere `mul_add` would be a slow library call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
 
 #[inline(always)]
-fn attend_generic(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
+fn attend_generic<const FMA: bool>(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
     let (width, heads) = (cx.width, cx.heads);
     let d = width / heads;
-    let sqrt_d = (d as f32).sqrt();
-    for (i, orow) in out.chunks_exact_mut(width).enumerate() {
-        let qi = first + i;
-        let s = cx.query_seq[qi] as usize;
+    let scale = 1.0 / (d as f32).sqrt();
+    let nrows = out.len() / width;
+    let mut i = 0;
+    while i < nrows {
+        let s = cx.query_seq[first + i] as usize;
+        // The tile: up to TILE consecutive queries of sequence `s` (a short tile repeats its
+        // last row, computed again and not written).
+        let mut rows = 1;
+        while rows < TILE && i + rows < nrows && cx.query_seq[first + i + rows] as usize == s {
+            rows += 1;
+        }
+        let tile: [usize; TILE] = std::array::from_fn(|r| first + i + r.min(rows - 1));
         let (start, n) = (cx.offsets[s], cx.offsets[s + 1] - cx.offsets[s]);
         let kts = &cx.kt[start * width..(start + n) * width];
-        let qrow = cx.q.row(qi, width);
+        let (p, o) = sc.split_at_mut(TILE * n);
+        let o = &mut o[..TILE * d];
         for h in 0..heads {
-            let sc = &mut sc[..n];
-            let q = &qrow[h * d..(h + 1) * d];
-            let kt = &kts[h * d * n..(h + 1) * d * n];
-            head_scores(q, kt, n, sc);
-            for acc in sc.iter_mut() {
-                *acc /= sqrt_d;
+            let qs = tile.map(|qi| &cx.q.row(qi, width)[h * d..(h + 1) * d]);
+            tile_product::<FMA>(qs, &kts[h * d * n..(h + 1) * d * n], n, n, p);
+            for pr in p.chunks_exact_mut(n).take(rows) {
+                softmax_rows::<FMA>(pr, scale);
             }
-            softmax(sc);
-            weighted_values(
-                sc,
-                &cx.v,
-                start,
-                width,
-                h * d,
-                &mut orow[h * d..(h + 1) * d],
-            );
+            let ps: [&[f32]; TILE] = std::array::from_fn(|r| &p[r.min(rows - 1) * n..][..n]);
+            let vs = &cx.v.data[start * cx.v.stride + cx.v.col + h * d..];
+            tile_product::<FMA>(ps, vs, cx.v.stride, d, o);
+            for (r, orow) in out[i * width..(i + rows) * width]
+                .chunks_exact_mut(width)
+                .enumerate()
+            {
+                orow[h * d..(h + 1) * d].copy_from_slice(&o[r * d..(r + 1) * d]);
+            }
         }
+        i += rows;
     }
 }
 
-/// Start of the `i`-th of the `len.div_ceil(LANES)` blocks of `LANES` that cover `0..len`
-/// (`len >= LANES`); the last block overlaps its neighbour when `len % LANES != 0`. Blocks are
-/// taken four at a time (independent accumulators); past the last block, the last is repeated.
+/// `c[r * w + j] = sum_p a[r][p] * b[p * ldb + j]` for `r < TILE`, `j < w`, with the sum over
+/// `p` (`0..a[0].len()`; every `a[r]` at least that long) taken in order, by
+/// [`tile_product_fma`] when `FMA`, else one value at a time.
 #[inline(always)]
-fn block_starts(len: usize, first: usize) -> [usize; 4] {
-    let blocks = len.div_ceil(LANES);
-    std::array::from_fn(|b| (LANES * (first + b).min(blocks - 1)).min(len - LANES))
-}
-
-/// `sc[j] = sum_c q[c] kt[c][j]` for the `n` keys of one head (`kt` is `[d][n]`), summed over `c`
-/// in order, vectorized across keys in blocks of 8 with four accumulators in registers (blocks
-/// that overlap or repeat compute the same values again).
-#[inline(always)]
-fn head_scores(q: &[f32], kt: &[f32], n: usize, sc: &mut [f32]) {
-    if n < LANES {
-        for (j, dst) in sc.iter_mut().enumerate() {
+fn tile_product<const FMA: bool>(
+    a: [&[f32]; TILE],
+    b: &[f32],
+    ldb: usize,
+    w: usize,
+    c: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA` is only set inside `attend_fma`, which runs only when the CPU has AVX2
+        // and FMA.
+        unsafe { tile_product_fma(a, b, ldb, w, c) };
+        return;
+    }
+    let k = a[0].len();
+    for (r, crow) in c[..TILE * w].chunks_exact_mut(w).enumerate() {
+        for (j, dst) in crow.iter_mut().enumerate() {
             let mut acc = 0f32;
-            for (c, &qc) in q.iter().enumerate() {
-                acc += qc * kt[c * n + j];
+            for (p, &ap) in a[r][..k].iter().enumerate() {
+                acc = madd::<FMA>(ap, b[p * ldb + j], acc);
             }
             *dst = acc;
         }
-        return;
-    }
-    for g in (0..n.div_ceil(LANES)).step_by(4) {
-        let st = block_starts(n, g);
-        let mut acc = [[0f32; LANES]; 4];
-        for (c, &qc) in q.iter().enumerate() {
-            let row = &kt[c * n..(c + 1) * n];
-            for (a, &s) in acc.iter_mut().zip(&st) {
-                let k = &row[s..s + LANES];
-                for l in 0..LANES {
-                    a[l] += qc * k[l];
-                }
-            }
-        }
-        for (a, &s) in acc.iter().zip(&st) {
-            sc[s..s + LANES].copy_from_slice(a);
-        }
     }
 }
 
-/// `out[c] = sum_j p[j] v[start + j][col + c]`, summed over `j` in order, vectorized across
-/// channels as [`head_scores`] is across keys.
-#[inline(always)]
-fn weighted_values(p: &[f32], v: &Rows, start: usize, width: usize, col: usize, out: &mut [f32]) {
-    let d = out.len();
-    if d < LANES {
-        for (c, dst) in out.iter_mut().enumerate() {
-            let mut acc = 0f32;
-            for (j, &pj) in p.iter().enumerate() {
-                acc += pj * v.row(start + j, width)[col + c];
+/// [`tile_product`] with AVX2 + FMA: columns in blocks of [`LANES`] (the last block overlaps its
+/// neighbour when `w % LANES != 0` and recomputes equal values), two blocks at a time, so that
+/// `TILE x 2` accumulators stay in registers. Narrow products (`w < LANES`) go one value at a time
+/// with the same fused multiply-adds, so every path rounds every value alike.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn tile_product_fma(a: [&[f32]; TILE], b: &[f32], ldb: usize, w: usize, c: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k = a[0].len();
+    let c = &mut c[..TILE * w];
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    // Every read below is within these bounds.
+    assert!(a.iter().all(|ar| ar.len() >= k) && (k - 1) * ldb + w <= b.len());
+    if w < LANES {
+        for (r, crow) in c.chunks_exact_mut(w).enumerate() {
+            for (j, dst) in crow.iter_mut().enumerate() {
+                let mut acc = 0f32;
+                for p in 0..k {
+                    acc = a[r][p].mul_add(b[p * ldb + j], acc);
+                }
+                *dst = acc;
             }
-            *dst = acc;
         }
         return;
     }
-    for g in (0..d.div_ceil(LANES)).step_by(4) {
-        let st = block_starts(d, g);
-        let mut acc = [[0f32; LANES]; 4];
-        for (j, &pj) in p.iter().enumerate() {
-            let vr = &v.row(start + j, width)[col..col + d];
-            for (a, &s) in acc.iter_mut().zip(&st) {
-                let x = &vr[s..s + LANES];
-                for l in 0..LANES {
-                    a[l] += pj * x[l];
+    let blocks = w.div_ceil(LANES);
+    let block_start = |i: usize| (LANES * i.min(blocks - 1)).min(w - LANES);
+    for pair in (0..blocks).step_by(2) {
+        let (s0, s1) = (block_start(pair), block_start(pair + 1));
+        // SAFETY: AVX2 and FMA are enabled; `p * ldb + s + LANES <= (k - 1) * ldb + w <=
+        // b.len()` for `p < k` and both block starts `s <= w - LANES`; `p < k <= a[r].len()`;
+        // stores reach at most `(TILE - 1) * w + w = c.len()`.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; TILE];
+            for p in 0..k {
+                let row = b.as_ptr().add(p * ldb);
+                let b0 = _mm256_loadu_ps(row.add(s0));
+                let b1 = _mm256_loadu_ps(row.add(s1));
+                for (ar, acc_r) in a.iter().zip(acc.iter_mut()) {
+                    let x = _mm256_set1_ps(*ar.get_unchecked(p));
+                    acc_r[0] = _mm256_fmadd_ps(x, b0, acc_r[0]);
+                    acc_r[1] = _mm256_fmadd_ps(x, b1, acc_r[1]);
                 }
             }
-        }
-        for (a, &s) in acc.iter().zip(&st) {
-            out[s..s + LANES].copy_from_slice(a);
+            for (r, acc_r) in acc.iter().enumerate() {
+                let out = c.as_mut_ptr().add(r * w);
+                _mm256_storeu_ps(out.add(s0), acc_r[0]);
+                _mm256_storeu_ps(out.add(s1), acc_r[1]);
+            }
         }
     }
 }
@@ -253,4 +305,175 @@ fn transpose_keys(k: &Rows, offsets: &[usize], width: usize, kt: &mut [f32]) {
         || transpose_keys(k, &offsets[..=mid], width, left),
         || transpose_keys(k, &offsets[mid..], width, right),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: usize, seed: &mut u64) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1442695040888963407);
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    /// Attention of every token of `lens` (packed) with `q`, `k`, `v` of `[T, width]`.
+    fn run(qkv: [&[f32]; 3], lens: &[usize], width: usize, heads: usize) -> Vec<f32> {
+        let mut offsets = vec![0];
+        let mut query_seq = vec![];
+        for (s, &n) in lens.iter().enumerate() {
+            offsets.push(offsets[s] + n);
+            query_seq.extend(std::iter::repeat_n(s as u32, n));
+        }
+        let t = offsets[lens.len()];
+        let rows = |data| Rows {
+            data,
+            stride: width,
+            col: 0,
+        };
+        let (mut kt, mut scores, mut out) = (vec![0.0; t * width], vec![], vec![0.0; t * width]);
+        let [q, k, v] = qkv;
+        attention(
+            rows(q),
+            rows(k),
+            rows(v),
+            width,
+            heads,
+            &offsets,
+            &query_seq,
+            &mut kt,
+            &mut scores,
+            &mut out,
+        );
+        out
+    }
+
+    /// The definition, in f64, one query at a time.
+    fn reference(qkv: [&[f32]; 3], lens: &[usize], width: usize, heads: usize) -> Vec<f64> {
+        let [q, k, v] = qkv.map(|m| m.iter().map(|&x| f64::from(x)).collect::<Vec<_>>());
+        let d = width / heads;
+        let mut out = vec![0f64; q.len()];
+        let mut start = 0;
+        for &n in lens {
+            for i in start..start + n {
+                for h in 0..heads {
+                    let cols = h * d..(h + 1) * d;
+                    let s: Vec<f64> = (start..start + n)
+                        .map(|j| {
+                            let dot: f64 = cols
+                                .clone()
+                                .map(|c| q[i * width + c] * k[j * width + c])
+                                .sum();
+                            dot / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in cols {
+                        out[i * width + c] =
+                            (0..n).map(|j| e[j] / z * v[(start + j) * width + c]).sum();
+                    }
+                }
+            }
+            start += n;
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_definition_and_ignores_the_batch() {
+        let mut seed = 3;
+        // Head widths below, at and above one vector; sequences of 1 token, shorter than a
+        // vector, ragged, and longer than a tile of columns.
+        for (width, heads) in [(12, 3), (16, 2), (52, 2), (78, 3)] {
+            let lens = [1, 3, 8, 9, 17, 40];
+            let t: usize = lens.iter().sum();
+            let (q, k, v) = (
+                random(t * width, &mut seed),
+                random(t * width, &mut seed),
+                random(t * width, &mut seed),
+            );
+            let got = run([&q, &k, &v], &lens, width, heads);
+            let want = reference([&q, &k, &v], &lens, width, heads);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(*g) - w).abs() < 2e-5,
+                    "width {width}, value {i}: {g} vs {w}"
+                );
+            }
+            // Each sequence alone gives the same bits as inside the batch.
+            let mut start = 0;
+            for &n in &lens {
+                let part = |m: &[f32]| m[start * width..(start + n) * width].to_vec();
+                let alone = run([&part(&q), &part(&k), &part(&v)], &[n], width, heads);
+                assert_eq!(
+                    alone,
+                    got[start * width..(start + n) * width],
+                    "width {width}, len {n}"
+                );
+                start += n;
+            }
+        }
+    }
+
+    #[test]
+    fn fused_and_portable_tiles_agree() {
+        let mut seed = 11;
+        for (k, w) in [
+            (1, 1),
+            (5, 7),
+            (26, 8),
+            (26, 9),
+            (26, 26),
+            (40, 33),
+            (128, 26),
+        ] {
+            let a_rows: Vec<Vec<f32>> = (0..TILE).map(|_| random(k, &mut seed)).collect();
+            let a: [&[f32]; TILE] = std::array::from_fn(|r| a_rows[r].as_slice());
+            let ldb = w + 3;
+            let b = random(k * ldb, &mut seed);
+            let mut portable = vec![0f32; TILE * w];
+            tile_product::<false>(a, &b, ldb, w, &mut portable);
+            for r in 0..TILE {
+                for j in 0..w {
+                    let want: f64 = (0..k)
+                        .map(|p| f64::from(a[r][p]) * f64::from(b[p * ldb + j]))
+                        .sum();
+                    assert!(
+                        (f64::from(portable[r * w + j]) - want).abs() < 1e-4,
+                        "{k}x{w}"
+                    );
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                let mut fused = vec![0f32; TILE * w];
+                // SAFETY: the CPU supports AVX2 and FMA.
+                unsafe { tile_product_fma(a, &b, ldb, w, &mut fused) };
+                for (x, y) in portable.iter().zip(&fused) {
+                    assert!((x - y).abs() < 1e-4, "{k}x{w}: {x} vs {y}");
+                }
+                // Each value is the same chain of fused multiply-adds on every path.
+                for r in 0..TILE {
+                    for j in 0..w {
+                        let chain =
+                            (0..k).fold(0f32, |acc, p| a[r][p].mul_add(b[p * ldb + j], acc));
+                        assert_eq!(
+                            fused[r * w + j].to_bits(),
+                            chain.to_bits(),
+                            "{k}x{w} at {r},{j}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

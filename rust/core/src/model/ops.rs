@@ -135,6 +135,138 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
+/// `softmax(scale * x)` in place for attention rows, as `exp((x - max) * scale) / sum` with
+/// [`exp_fast`] (`scale > 0`). Within a few f32 steps of [`softmax`]; NaN anywhere makes the row
+/// NaN.
+pub fn softmax_scaled(x: &mut [f32], scale: f32) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = exp_fast((*v - max) * scale);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// [`softmax_scaled`] with AVX2, eight values at a time ([`exp_fast_avx2`] gives the same bits
+/// as [`exp_fast`]; max and sum are taken over eight interleaved partial results).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub unsafe fn softmax_scaled_avx2(x: &mut [f32], scale: f32) {
+    use std::arch::x86_64::*;
+    const L: usize = 8;
+    let body = x.len() / L * L;
+    let ptr = x.as_mut_ptr();
+    // SAFETY (all blocks): AVX2 is enabled; vector accesses cover `0..body` in steps of 8.
+    let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+    for i in (0..body).step_by(L) {
+        vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(ptr.add(i)) });
+    }
+    let mut lanes = [0f32; L];
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vmax) };
+    let max = lanes
+        .iter()
+        .chain(&x[body..])
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let (vm, vs) = (_mm256_set1_ps(max), _mm256_set1_ps(scale));
+    let mut vsum = _mm256_setzero_ps();
+    for i in (0..body).step_by(L) {
+        unsafe {
+            let e = exp_fast_avx2(_mm256_mul_ps(
+                _mm256_sub_ps(_mm256_loadu_ps(ptr.add(i)), vm),
+                vs,
+            ));
+            _mm256_storeu_ps(ptr.add(i), e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+    }
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vsum) };
+    let mut sum = lanes.iter().sum::<f32>();
+    for v in &mut x[body..] {
+        *v = exp_fast((*v - max) * scale);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// [`exp_fast`] of eight values: the same operations in the same order, so the same bits.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub unsafe fn exp_fast_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let c = _mm256_set1_ps;
+    // max/min return their second operand when either is NaN: NaN passes through.
+    let x = _mm256_min_ps(c(EXP_HI), _mm256_max_ps(c(EXP_LO), x));
+    let n = _mm256_floor_ps(_mm256_add_ps(
+        _mm256_mul_ps(x, c(std::f32::consts::LOG2_E)),
+        c(0.5),
+    ));
+    let r = _mm256_sub_ps(
+        _mm256_sub_ps(x, _mm256_mul_ps(n, c(LN2_HI))),
+        _mm256_mul_ps(n, c(LN2_LO)),
+    );
+    let z = _mm256_mul_ps(r, r);
+    let mut p = c(EXP_POLY[0]);
+    for &coef in &EXP_POLY[1..] {
+        p = _mm256_add_ps(_mm256_mul_ps(p, r), c(coef));
+    }
+    let p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, z), r), c(1.0));
+    let n_int = _mm256_sub_epi32(
+        _mm256_castps_si256(_mm256_add_ps(n, c(SHIFTER))),
+        _mm256_set1_epi32(SHIFTER.to_bits() as i32),
+    );
+    let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(n_int, _mm256_set1_epi32(127)));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
+}
+
+/// The range of [`exp_fast`]'s argument (clamped outside it).
+const EXP_LO: f32 = -87.3;
+const EXP_HI: f32 = 88.0;
+/// ln 2 split in two so that `n * LN2_HI` is exact.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Adding 1.5 * 2^23 puts a small integer-valued f32 in the low mantissa bits.
+const SHIFTER: f32 = 12_582_912.0;
+/// Cephes' polynomial for `(e^r - 1 - r) / r^2`, highest degree first.
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
+/// `e^x` within 2 f32 steps (relative error below 2.4e-7) for `-87.3 <= x <= 88`, branch-free so
+/// that loops over it vectorize (Cephes' `expf`: `x = n ln 2 + r` with `|r| <= ln 2 / 2`, a
+/// degree-6 polynomial for `e^r`, and `2^n` built in the exponent bits). Below the range the
+/// result is `e^-87.3` (about 1.2e-38) rather than a subnormal or 0, above it `e^88`; NaN stays
+/// NaN.
+#[inline(always)]
+pub fn exp_fast(x: f32) -> f32 {
+    let x = x.clamp(EXP_LO, EXP_HI);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let z = r * r;
+    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &c| p * r + c);
+    let p = p * z + r + 1.0;
+    let n_int = (n + SHIFTER).to_bits().wrapping_sub(SHIFTER.to_bits());
+    p * f32::from_bits(n_int.wrapping_add(127) << 23)
+}
+
 /// `entropy(softmax(logits)) / ln(C)`, in `[0, 1]`, computed in f64 from the log-softmax (so
 /// probabilities that underflow contribute exactly 0). Non-finite logits give NaN, which never
 /// exits.
@@ -221,6 +353,93 @@ mod tests {
         assert!((gelu_erf(-1.0) + 0.158_655_3).abs() < 1e-6);
         assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
         assert!((gelu_erf(10.0) - 10.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn exp_fast_is_within_two_f32_steps() {
+        let mut worst = 0f64;
+        for i in -873_000..=880_000 {
+            let x = i as f32 * 1e-4;
+            let want = f64::from(x).exp();
+            let rel = (f64::from(exp_fast(x)) - want).abs() / want;
+            worst = worst.max(rel);
+        }
+        assert!(worst < 2.4e-7, "max relative error {worst}");
+        assert_eq!(exp_fast(0.0), 1.0);
+        assert!(exp_fast(-1000.0) > 0.0 && exp_fast(-1000.0) < 1.3e-38);
+        assert!(exp_fast(f32::NEG_INFINITY) < 1.3e-38);
+        assert!(exp_fast(1000.0).is_finite());
+        assert!(exp_fast(f32::NAN).is_nan());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp_fast_avx2_gives_the_same_bits() {
+        use std::arch::x86_64::*;
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let special = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -87.3,
+            88.0,
+            0.0,
+            -0.0,
+        ];
+        let grid = (-900_000..=900_000).map(|i| i as f32 * 1e-4);
+        let xs: Vec<f32> = special.into_iter().chain(grid).collect();
+        for chunk in xs.chunks_exact(8) {
+            let mut got = [0f32; 8];
+            // SAFETY: the CPU supports AVX2; both pointers hold 8 values.
+            unsafe {
+                let v = exp_fast_avx2(_mm256_loadu_ps(chunk.as_ptr()));
+                _mm256_storeu_ps(got.as_mut_ptr(), v);
+            }
+            for (&x, g) in chunk.iter().zip(got) {
+                assert_eq!(g.to_bits(), exp_fast(x).to_bits(), "exp({x})");
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_scaled_matches_softmax() {
+        let mut seed = 7u64;
+        for n in [1usize, 2, 7, 8, 9, 31, 128, 513] {
+            let row: Vec<f32> = (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 40.0
+                })
+                .collect();
+            let scale = 0.3;
+            let mut a: Vec<f32> = row.iter().map(|v| v * scale).collect();
+            let mut b = row.clone();
+            softmax(&mut a);
+            softmax_scaled(&mut b, scale);
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() <= 2e-6 * x.max(1e-30) + 1e-12,
+                    "{n}: {x} vs {y}"
+                );
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                let mut c = row.clone();
+                // SAFETY: the CPU supports AVX2.
+                unsafe { softmax_scaled_avx2(&mut c, scale) };
+                for (x, y) in a.iter().zip(&c) {
+                    assert!(
+                        (x - y).abs() <= 2e-6 * x.max(1e-30) + 1e-12,
+                        "{n}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+        let mut nan = [0.0, f32::NAN, 1.0];
+        softmax_scaled(&mut nan, 1.0);
+        assert!(nan.iter().all(|v| v.is_nan()));
     }
 
     #[test]

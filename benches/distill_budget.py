@@ -1,0 +1,167 @@
+"""Accuracy against training budget for TinyBERT on SST-2 (follow-up to distill_sst2.py).
+
+Starts from what ``distill_sst2.py`` left in ``--base`` (the fine-tuned teacher and the general
+distillation checkpoint) and measures two budget levers at once:
+
+  * task distillation epochs: intermediate + prediction epochs on the base general checkpoint;
+  * general distillation epochs: the base checkpoint distilled for ``--more-general`` further
+    epochs of the corpus (a new warmup + decay schedule), then the same task distillation.
+
+Each run is a ``tinyfast`` CLI command (printed, so it can be rerun by hand) in its own process
+with ``--threads`` torch threads; independent runs go side by side. A run whose ``metrics.json``
+exists is reused. Every dev accuracy, step count and wall time goes to ``--out/budget.json``.
+
+    python benches/distill_budget.py --base bench-results/distill_sst2 --out bench-results/budget
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _run(name: str, out: Path, argv: list[str], threads: int) -> subprocess.Popen | None:
+    """Starts one CLI run unless its metrics exist; its log goes to ``out/<name>.log``."""
+    if (out / name / "metrics.json").exists():
+        print(f"== {name}: reusing {out / name / 'metrics.json'}", flush=True)
+        return None
+    cmd = [sys.executable, "-m", "tinyfast", *argv, "--threads", str(threads), "--no-progress"]
+    print(f"== {name}: {' '.join(cmd)}", flush=True)
+    log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed when the process ends
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(name: str, proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.wait() != 0:
+        raise SystemExit(f"distill_budget: run {name} failed (exit {proc.returncode}), see its log")
+
+
+def _task_argv(args: argparse.Namespace, init: Path, out: Path) -> list[str]:
+    sst2 = Path(args.data) / "sst2"
+    return [
+        "distill", "task",
+        "--teacher", str(Path(args.base) / "teacher" / "model"),
+        "--student-init", str(init),
+        "--train", str(sst2 / "train.tsv"), "--dev", str(sst2 / "dev.tsv"),
+        "--out", str(out), "--max-length", str(args.max_length),
+        "--intermediate-epochs", str(args.intermediate_epochs),
+        "--intermediate-lr", str(args.intermediate_lr),
+        "--prediction-epochs", str(args.prediction_epochs),
+        "--prediction-lr", str(args.prediction_lr),
+        "--batch-size", "32", "--eval-every", "108",
+    ]  # fmt: skip
+
+
+def _general_argv(args: argparse.Namespace, init: Path, out: Path) -> list[str]:
+    return [
+        "distill", "general",
+        "--corpus", str(Path(args.data) / "corpus" / "movie_reviews.txt"),
+        "--student-init", str(init), "--out", str(out),
+        "--max-length", str(args.max_length), "--epochs", str(args.more_general),
+        "--lr", str(args.general_lr), "--warmup", "0.05", "--batch-size", "64",
+        "--eval-every", "250",
+    ]  # fmt: skip
+
+
+def _summary(metrics: dict[str, Any], general_epochs: float) -> dict[str, Any]:
+    stages = metrics["stages"]
+    return {
+        "general_epochs": general_epochs,
+        "intermediate_epochs": stages["intermediate"]["epochs"],
+        "prediction_epochs": stages["prediction"]["epochs"],
+        "dev_accuracy": metrics["best"]["accuracy"],
+        "task_seconds": metrics["seconds"],
+        "curve": [
+            {"step": h["step"], "accuracy": h["accuracy"]}
+            for h in metrics["history"]
+            if "accuracy" in h
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", required=True, help="distill_sst2.py's --out (teacher/, general/)")
+    p.add_argument("--data", default="../shared/data")
+    p.add_argument("--out", default="bench-results/distill_budget")
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--more-general", type=float, default=1.0, help="further general epochs")
+    p.add_argument("--general-lr", type=float, default=3e-4)
+    p.add_argument("--intermediate-epochs", type=float, default=10)
+    p.add_argument("--intermediate-lr", type=float, default=1e-4)
+    p.add_argument("--prediction-epochs", type=float, default=3)
+    p.add_argument("--prediction-lr", type=float, default=5e-5)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    args = p.parse_args(argv)
+
+    base, out = Path(args.base), Path(args.out)
+    needed = [base / "teacher" / "model", base / "general" / "model", base / "general/metrics.json"]
+    for path in needed:
+        if not path.exists():
+            print(f"distill_budget: missing {path} (run distill_sst2.py first)", file=sys.stderr)
+            return 2
+    out.mkdir(parents=True, exist_ok=True)
+    base_general = json.loads((base / "general" / "metrics.json").read_text())
+    base_epochs = base_general["config"]["epochs"]
+    started = time.perf_counter()
+
+    # The task run on the base checkpoint and the longer general run are independent.
+    task_base = _run(
+        "task_base",
+        out,
+        _task_argv(args, base / "general" / "model", out / "task_base"),
+        args.threads,
+    )
+    general = _run(
+        "general_more",
+        out,
+        _general_argv(args, base / "general" / "model", out / "general_more"),
+        args.threads,
+    )
+    _wait("general_more", general)
+    task_more = _run(
+        "task_more",
+        out,
+        _task_argv(args, out / "general_more" / "model", out / "task_more"),
+        args.threads,
+    )
+    _wait("task_base", task_base)
+    _wait("task_more", task_more)
+
+    def metrics(name: str) -> dict[str, Any]:
+        return json.loads((out / name / "metrics.json").read_text())
+
+    more = metrics("general_more")
+    teacher = json.loads((base / "teacher" / "metrics.json").read_text())["best"]["accuracy"]
+    points = [
+        _summary(metrics("task_base"), base_epochs),
+        _summary(metrics("task_more"), base_epochs + args.more_general),
+    ]
+    for point in points:
+        point["share_of_teacher"] = point["dev_accuracy"] / teacher
+    result = {
+        "benchmark": "distill_budget",
+        "settings": vars(args),
+        "teacher_dev_accuracy": teacher,
+        "general": {
+            "base_epochs": base_epochs,
+            "base_heldout_loss": base_general["best"]["heldout_loss"],
+            "more_epochs": args.more_general,
+            "more_seconds": more["seconds"],
+            "more_heldout_loss": [h["heldout_loss"] for h in more["history"]],
+        },
+        "points": points,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    (out / "budget.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
