@@ -5,6 +5,7 @@
 //! - [`linear`]: an encoder linear, int8 or f32.
 //! - [`ops`]: LayerNorm, GELU, softmax, normalized entropy.
 //! - [`quantize`]: per-token u8 activation quantization (vectorized).
+//! - [`vmath`]: vectorizable exp, erf and GELU (scalar and AVX2, same bits).
 //! - [`attention`]: multi-head attention over packed (unpadded) sequences.
 //! - [`workspace`]: the per-call scratch and its packed-sequence layout.
 //! - [`encoder`]: the forward pass with early exit and batch compaction.
@@ -15,6 +16,7 @@ pub mod linear;
 pub mod matmul;
 pub mod ops;
 pub mod quantize;
+pub mod vmath;
 pub mod workspace;
 
 pub use linear::{Int8Linear, Linear};
