@@ -7,7 +7,8 @@
 //! Queries of one sequence go in tiles of [`TILE`] rows. Per head, a tile's scores are one small
 //! matrix product `Q[TILE][d] x Kt[d][n]` (keys transposed per sequence and head first) and its
 //! output another, `P[TILE][n] x V[n][d]`, both by [`tile_product`]: register accumulators of
-//! `TILE` rows x 16 columns, one multiply-add per step. Every output value is the sequential sum
+//! `TILE` rows x 16 (AVX2) or 32 (AVX-512) columns, one multiply-add per step; the softmax is
+//! left unnormalized until the output, where `d` values are divided instead of `n`. Every output value is the sequential sum
 //! over the reduced dimension, whatever tile, column block or SIMD width computes it, so a query's
 //! result depends only on its sequence: never on the rest of the batch or on its place in a tile.
 //! On x86-64 with AVX2 and FMA the sums use fused multiply-adds (a different rounding from the
@@ -16,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::linear::rows_per_task;
-use super::ops::softmax_scaled;
+use super::ops::exp_shifted;
 use super::workspace::fit;
 
 /// Rows of a row-major matrix, each read from column `col` for `width` values.
@@ -132,16 +133,15 @@ fn attend_fma(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
     attend_generic::<true>(cx, first, out, sc);
 }
 
-/// `softmax(scale * x)`, vectorized when `FMA` (which implies AVX2).
+/// [`exp_shifted`] of a score row (returns its sum), vectorized when `FMA` (implies AVX2).
 #[inline(always)]
-fn softmax_rows<const FMA: bool>(x: &mut [f32], scale: f32) {
+fn exp_row<const FMA: bool>(x: &mut [f32], scale: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if FMA {
         // SAFETY: `FMA` is only set inside `attend_fma`, which runs only on CPUs with AVX2.
-        unsafe { super::ops::softmax_scaled_avx2(x, scale) };
-        return;
+        return unsafe { super::ops::exp_shifted_avx2(x, scale) };
     }
-    softmax_scaled(x, scale);
+    exp_shifted(x, scale)
 }
 
 /// `a * b + c`, fused into one rounding when `FMA` (only ever inlined into code compiled with the
@@ -178,8 +178,10 @@ fn attend_generic<const FMA: bool>(cx: &Ctx, first: usize, out: &mut [f32], sc: 
         for h in 0..heads {
             let qs = tile.map(|qi| &cx.q.row(qi, width)[h * d..(h + 1) * d]);
             tile_product::<FMA>(qs, &kts[h * d * n..(h + 1) * d * n], n, n, p);
-            for pr in p.chunks_exact_mut(n).take(rows) {
-                softmax_rows::<FMA>(pr, scale);
+            // softmax(p) v = (exp(p - max) v) / sum: the division goes to the d outputs.
+            let mut sums = [0f32; TILE];
+            for (pr, sum) in p.chunks_exact_mut(n).zip(&mut sums).take(rows) {
+                *sum = exp_row::<FMA>(pr, scale);
             }
             let ps: [&[f32]; TILE] = std::array::from_fn(|r| &p[r.min(rows - 1) * n..][..n]);
             let vs = &cx.v.data[start * cx.v.stride + cx.v.col + h * d..];
@@ -188,7 +190,10 @@ fn attend_generic<const FMA: bool>(cx: &Ctx, first: usize, out: &mut [f32], sc: 
                 .chunks_exact_mut(width)
                 .enumerate()
             {
-                orow[h * d..(h + 1) * d].copy_from_slice(&o[r * d..(r + 1) * d]);
+                let inv = 1.0 / sums[r];
+                for (dst, &v) in orow[h * d..(h + 1) * d].iter_mut().zip(&o[r * d..]) {
+                    *dst = v * inv;
+                }
             }
         }
         i += rows;

@@ -132,67 +132,70 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// `softmax(scale * x)` in place for attention rows, as `exp((x - max) * scale) / sum` with
-/// [`vmath::exp`] (`scale > 0`). Within a few f32 steps of [`softmax`]; NaN anywhere makes the row
-/// NaN.
-pub fn softmax_scaled(x: &mut [f32], scale: f32) {
+/// The unnormalized `softmax(scale * x)` of an attention row: `x[j] = exp((x[j] - max) * scale)`
+/// with [`vmath::exp`] (`scale > 0`); returns `sum_j x[j]`, by which the caller divides (after
+/// the weighted sum of values, which is shorter than the row). NaN anywhere makes the row and the
+/// sum NaN.
+pub fn exp_shifted(x: &mut [f32], scale: f32) -> f32 {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sum = 0f32;
     for v in x.iter_mut() {
         *v = vmath::exp((*v - max) * scale);
         sum += *v;
     }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
+    sum
 }
 
-/// [`softmax_scaled`] with AVX2, eight values at a time ([`vmath::exp_avx2`] gives the same bits
-/// as [`vmath::exp`]; max and sum are taken over eight interleaved partial results).
+/// [`exp_shifted`] with AVX2, sixteen values at a time in two independent chains
+/// ([`vmath::exp_avx2`] gives the same bits as [`vmath::exp`]; max and sum are taken over
+/// interleaved partial results).
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-pub unsafe fn softmax_scaled_avx2(x: &mut [f32], scale: f32) {
+pub unsafe fn exp_shifted_avx2(x: &mut [f32], scale: f32) -> f32 {
     use std::arch::x86_64::*;
     const L: usize = 8;
-    let body = x.len() / L * L;
+    let body = x.len() / (2 * L) * (2 * L);
     let ptr = x.as_mut_ptr();
-    // SAFETY (all blocks): AVX2 is enabled; vector accesses cover `0..body` in steps of 8.
-    let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
-    for i in (0..body).step_by(L) {
-        vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(ptr.add(i)) });
+    // SAFETY (all blocks): AVX2 is enabled; vector accesses cover `0..body` in steps of 16.
+    let (mut m0, mut m1) = (
+        _mm256_set1_ps(f32::NEG_INFINITY),
+        _mm256_set1_ps(f32::NEG_INFINITY),
+    );
+    for i in (0..body).step_by(2 * L) {
+        unsafe {
+            m0 = _mm256_max_ps(m0, _mm256_loadu_ps(ptr.add(i)));
+            m1 = _mm256_max_ps(m1, _mm256_loadu_ps(ptr.add(i + L)));
+        }
     }
     let mut lanes = [0f32; L];
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vmax) };
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(m0, m1)) };
     let max = lanes
         .iter()
         .chain(&x[body..])
         .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let (vm, vs) = (_mm256_set1_ps(max), _mm256_set1_ps(scale));
-    let mut vsum = _mm256_setzero_ps();
-    for i in (0..body).step_by(L) {
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for i in (0..body).step_by(2 * L) {
         unsafe {
-            let e = vmath::exp_avx2(_mm256_mul_ps(
-                _mm256_sub_ps(_mm256_loadu_ps(ptr.add(i)), vm),
-                vs,
-            ));
-            _mm256_storeu_ps(ptr.add(i), e);
-            vsum = _mm256_add_ps(vsum, e);
+            let a = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(ptr.add(i)), vm), vs);
+            let b = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(ptr.add(i + L)), vm), vs);
+            let (a, b) = (vmath::exp_avx2(a), vmath::exp_avx2(b));
+            _mm256_storeu_ps(ptr.add(i), a);
+            _mm256_storeu_ps(ptr.add(i + L), b);
+            s0 = _mm256_add_ps(s0, a);
+            s1 = _mm256_add_ps(s1, b);
         }
     }
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vsum) };
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(s0, s1)) };
     let mut sum = lanes.iter().sum::<f32>();
     for v in &mut x[body..] {
         *v = vmath::exp((*v - max) * scale);
         sum += *v;
     }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
+    sum
 }
 
 /// `entropy(softmax(logits)) / ln(C)`, in `[0, 1]`, computed in f64 from the log-softmax (so
@@ -254,9 +257,9 @@ mod tests {
     }
 
     #[test]
-    fn softmax_scaled_matches_softmax() {
+    fn exp_shifted_is_an_unnormalized_softmax() {
         let mut seed = 7u64;
-        for n in [1usize, 2, 7, 8, 9, 31, 128, 513] {
+        for n in [1usize, 2, 7, 8, 9, 16, 17, 31, 128, 513] {
             let row: Vec<f32> = (0..n)
                 .map(|_| {
                     seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -264,32 +267,33 @@ mod tests {
                 })
                 .collect();
             let scale = 0.3;
-            let mut a: Vec<f32> = row.iter().map(|v| v * scale).collect();
+            let mut want: Vec<f32> = row.iter().map(|v| v * scale).collect();
+            softmax(&mut want);
             let mut b = row.clone();
-            softmax(&mut a);
-            softmax_scaled(&mut b, scale);
-            for (x, y) in a.iter().zip(&b) {
-                assert!(
-                    (x - y).abs() <= 2e-6 * x.max(1e-30) + 1e-12,
-                    "{n}: {x} vs {y}"
-                );
-            }
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                let mut c = row.clone();
-                // SAFETY: the CPU supports AVX2.
-                unsafe { softmax_scaled_avx2(&mut c, scale) };
-                for (x, y) in a.iter().zip(&c) {
+            let sum = exp_shifted(&mut b, scale);
+            let close = |got: &[f32], sum: f32| {
+                for (x, y) in want.iter().zip(got) {
+                    let y = y / sum;
                     assert!(
                         (x - y).abs() <= 2e-6 * x.max(1e-30) + 1e-12,
                         "{n}: {x} vs {y}"
                     );
                 }
+            };
+            close(&b, sum);
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                let mut c = row.clone();
+                // SAFETY: the CPU supports AVX2.
+                let sum_c = unsafe { exp_shifted_avx2(&mut c, scale) };
+                close(&c, sum_c);
+                // The same exponentials bit for bit (only the sum's order differs).
+                assert_eq!(b, c);
             }
         }
         let mut nan = [0.0, f32::NAN, 1.0];
-        softmax_scaled(&mut nan, 1.0);
-        assert!(nan.iter().all(|v| v.is_nan()));
+        assert!(exp_shifted(&mut nan, 1.0).is_nan());
+        assert!(nan[1].is_nan());
     }
 
     #[test]
