@@ -138,6 +138,10 @@ fn attend_fma(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
 fn exp_row<const FMA: bool>(x: &mut [f32], scale: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if FMA {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F.
+            return unsafe { super::ops::exp_shifted_avx512(x, scale) };
+        }
         // SAFETY: `FMA` is only set inside `attend_fma`, which runs only on CPUs with AVX2.
         return unsafe { super::ops::exp_shifted_avx2(x, scale) };
     }

@@ -145,6 +145,63 @@ pub unsafe fn gelu_avx2(x: __m256) -> __m256 {
     _mm256_mul_ps(_mm256_mul_ps(x, c(0.5)), _mm256_add_ps(c(1.0), e))
 }
 
+/// [`exp`] of sixteen values, with the same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub unsafe fn exp_avx512(x: __m512) -> __m512 {
+    let c = _mm512_set1_ps;
+    let x = _mm512_min_ps(c(EXP_HI), _mm512_max_ps(c(EXP_LO), x));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_add_ps(
+        _mm512_mul_ps(x, c(std::f32::consts::LOG2_E)),
+        c(0.5),
+    ));
+    let r = _mm512_sub_ps(
+        _mm512_sub_ps(x, _mm512_mul_ps(n, c(LN2_HI))),
+        _mm512_mul_ps(n, c(LN2_LO)),
+    );
+    let z = _mm512_mul_ps(r, r);
+    let mut p = c(EXP_POLY[0]);
+    for &coef in &EXP_POLY[1..] {
+        p = _mm512_add_ps(_mm512_mul_ps(p, r), c(coef));
+    }
+    let p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, z), r), c(1.0));
+    let n_int = _mm512_sub_epi32(
+        _mm512_castps_si512(_mm512_add_ps(n, c(SHIFTER))),
+        _mm512_set1_epi32(SHIFTER.to_bits() as i32),
+    );
+    let pow2 = _mm512_slli_epi32::<23>(_mm512_add_epi32(n_int, _mm512_set1_epi32(127)));
+    _mm512_mul_ps(p, _mm512_castsi512_ps(pow2))
+}
+
+/// [`gelu`] of sixteen values, with the same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub unsafe fn gelu_avx512(x: __m512) -> __m512 {
+    let c = _mm512_set1_ps;
+    let clamp = |v, lo, hi| _mm512_min_ps(c(hi), _mm512_max_ps(c(lo), v));
+    let y = clamp(
+        _mm512_mul_ps(x, c(std::f32::consts::FRAC_1_SQRT_2)),
+        -4.0,
+        4.0,
+    );
+    let t = _mm512_mul_ps(y, y);
+    let (mut p, mut q) = (c(ERF_P[0]), c(ERF_Q[0]));
+    for (&a, &b) in ERF_P[1..].iter().zip(&ERF_Q[1..]) {
+        p = _mm512_add_ps(_mm512_mul_ps(p, t), c(a));
+        q = _mm512_add_ps(_mm512_mul_ps(q, t), c(b));
+    }
+    let e = clamp(_mm512_mul_ps(y, _mm512_div_ps(p, q)), -1.0, 1.0);
+    _mm512_mul_ps(_mm512_mul_ps(x, c(0.5)), _mm512_add_ps(c(1.0), e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +251,22 @@ mod tests {
         assert!(gelu(f32::NAN).is_nan());
     }
 
+    /// Special values, then a dense grid over [-90, 90].
+    fn sample_inputs() -> Vec<f32> {
+        let special = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -87.3,
+            88.0,
+            0.0,
+            -0.0,
+            4.0,
+        ];
+        let grid = (-900_000..=900_000).map(|i| i as f32 * 1e-4);
+        special.into_iter().chain(grid).collect()
+    }
+
     /// Applies an eight-wide function to `xs` and compares bits with the scalar one.
     #[cfg(target_arch = "x86_64")]
     fn same_bits(scalar: fn(f32) -> f32, wide: unsafe fn(__m256) -> __m256, name: &str) {
@@ -228,5 +301,32 @@ mod tests {
         same_bits(exp, exp_avx2, "exp");
         same_bits(erf, erf_avx2, "erf");
         same_bits(gelu, gelu_avx2, "gelu");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_versions_give_the_same_bits() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        for (name, scalar, wide) in [
+            (
+                "exp",
+                exp as fn(f32) -> f32,
+                exp_avx512 as unsafe fn(__m512) -> __m512,
+            ),
+            ("gelu", gelu, gelu_avx512),
+        ] {
+            for chunk in sample_inputs().chunks_exact(16) {
+                let mut got = [0f32; 16];
+                // SAFETY: the CPU supports AVX-512F; both pointers hold 16 values.
+                unsafe {
+                    _mm512_storeu_ps(got.as_mut_ptr(), wide(_mm512_loadu_ps(chunk.as_ptr())))
+                };
+                for (&x, g) in chunk.iter().zip(got) {
+                    assert_eq!(g.to_bits(), scalar(x).to_bits(), "{name}({x})");
+                }
+            }
+        }
     }
 }
