@@ -5,7 +5,10 @@ distillation checkpoint) and measures two budget levers at once:
 
   * task distillation epochs: intermediate + prediction epochs on the base general checkpoint;
   * general distillation epochs: the base checkpoint distilled for ``--more-general`` further
-    epochs of the corpus (a new warmup + decay schedule), then the same task distillation.
+    epochs of the corpus (a new warmup + decay schedule), then the same task distillation;
+
+and trains the undistilled baseline (tinybert4, random init, labels only) for ``--baseline-epochs``
+so that it gets a budget comparable to the task distillation's.
 
 Each run is a ``tinyfast`` CLI command (printed, so it can be rerun by hand) in its own process
 with ``--threads`` torch threads; independent runs go side by side. A run whose ``metrics.json``
@@ -68,6 +71,25 @@ def _general_argv(args: argparse.Namespace, init: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _baseline_argv(args: argparse.Namespace, out: Path) -> list[str]:
+    sst2 = Path(args.data) / "sst2"
+    return [
+        "finetune", "--teacher", "minilm", "--student", "tinybert4", "--init", "random",
+        "--train", str(sst2 / "train.tsv"), "--dev", str(sst2 / "dev.tsv"),
+        "--out", str(out), "--max-length", str(args.max_length),
+        "--epochs", str(args.baseline_epochs), "--lr", str(args.baseline_lr),
+        "--batch-size", "32", "--eval-every", "108",
+    ]  # fmt: skip
+
+
+def _curve(metrics: dict[str, Any]) -> list[dict[str, float]]:
+    return [
+        {"step": h["step"], "accuracy": h["accuracy"]}
+        for h in metrics["history"]
+        if "accuracy" in h
+    ]
+
+
 def _summary(metrics: dict[str, Any], general_epochs: float) -> dict[str, Any]:
     stages = metrics["stages"]
     return {
@@ -76,11 +98,7 @@ def _summary(metrics: dict[str, Any], general_epochs: float) -> dict[str, Any]:
         "prediction_epochs": stages["prediction"]["epochs"],
         "dev_accuracy": metrics["best"]["accuracy"],
         "task_seconds": metrics["seconds"],
-        "curve": [
-            {"step": h["step"], "accuracy": h["accuracy"]}
-            for h in metrics["history"]
-            if "accuracy" in h
-        ],
+        "curve": _curve(metrics),
     }
 
 
@@ -96,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--intermediate-lr", type=float, default=1e-4)
     p.add_argument("--prediction-epochs", type=float, default=3)
     p.add_argument("--prediction-lr", type=float, default=5e-5)
+    p.add_argument("--baseline-epochs", type=float, default=10)
+    p.add_argument("--baseline-lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     args = p.parse_args(argv)
 
@@ -130,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         _task_argv(args, out / "general_more" / "model", out / "task_more"),
         args.threads,
     )
+    # Two runs at a time (the default --threads 1 on 2 cores): the baseline follows task_base.
     _wait("task_base", task_base)
+    baseline = _run("baseline", out, _baseline_argv(args, out / "baseline"), args.threads)
     _wait("task_more", task_more)
+    _wait("baseline", baseline)
 
     def metrics(name: str) -> dict[str, Any]:
         return json.loads((out / name / "metrics.json").read_text())
@@ -156,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             "more_heldout_loss": [h["heldout_loss"] for h in more["history"]],
         },
         "points": points,
+        "baseline_no_distillation": {
+            "epochs": args.baseline_epochs,
+            "dev_accuracy": metrics("baseline")["best"]["accuracy"],
+            "seconds": metrics("baseline")["seconds"],
+            "curve": _curve(metrics("baseline")),
+        },
         "wall_seconds": time.perf_counter() - started,
     }
     (out / "budget.json").write_text(json.dumps(result, indent=1))
