@@ -7,10 +7,11 @@
 //! Queries of one sequence go in tiles of [`TILE`] rows. Per head, a tile's scores are one small
 //! matrix product `Q[TILE][d] x Kt[d][n]` (keys transposed per sequence and head first) and its
 //! output another, `P[TILE][n] x V[n][d]`, both by [`tile_product`]: register accumulators of
-//! `TILE` rows x 16 (AVX2) or 32 (AVX-512) columns, one multiply-add per step; the softmax is
-//! left unnormalized until the output, where `d` values are divided instead of `n`. Every output value is the sequential sum
-//! over the reduced dimension, whatever tile, column block or SIMD width computes it, so a query's
-//! result depends only on its sequence: never on the rest of the batch or on its place in a tile.
+//! `TILE` rows (four at a time with AVX2) x 16 (AVX2) or 32 (AVX-512) columns, one multiply-add
+//! per step. The softmax stays unnormalized until the output, where `d` values are divided by
+//! its sum instead of `n` probabilities. Every output value is the sequential sum over the
+//! reduced dimension, whatever tile, column block or SIMD width computes it, so a query's result
+//! depends only on its sequence: never on the rest of the batch or on its place in a tile.
 //! On x86-64 with AVX2 and FMA the sums use fused multiply-adds (a different rounding from the
 //! portable build, identical for every batch on one machine).
 
@@ -40,7 +41,7 @@ impl Rows<'_> {
 const SERIAL_TRANSPOSE: usize = 1 << 14;
 
 /// Query rows per tile: the rows of [`tile_product`]'s accumulator block.
-const TILE: usize = 4;
+const TILE: usize = 8;
 
 /// Lanes of one accumulator vector (one 256-bit vector of f32).
 const LANES: usize = 8;
@@ -272,25 +273,28 @@ fn tile_product_fma(a: [&[f32]; TILE], b: &[f32], ldb: usize, w: usize, c: &mut 
     let block_start = |i: usize| (LANES * i.min(blocks - 1)).min(w - LANES);
     for pair in (0..blocks).step_by(2) {
         let (s0, s1) = (block_start(pair), block_start(pair + 1));
-        // SAFETY: AVX2 and FMA are enabled; `p * ldb + s + LANES <= (k - 1) * ldb + w <=
-        // b.len()` for `p < k` and both block starts `s <= w - LANES`; `p < k <= a[r].len()`;
-        // stores reach at most `(TILE - 1) * w + w = c.len()`.
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; TILE];
-            for p in 0..k {
-                let row = b.as_ptr().add(p * ldb);
-                let b0 = _mm256_loadu_ps(row.add(s0));
-                let b1 = _mm256_loadu_ps(row.add(s1));
-                for (ar, acc_r) in a.iter().zip(acc.iter_mut()) {
-                    let x = _mm256_set1_ps(*ar.get_unchecked(p));
-                    acc_r[0] = _mm256_fmadd_ps(x, b0, acc_r[0]);
-                    acc_r[1] = _mm256_fmadd_ps(x, b1, acc_r[1]);
+        // Sixteen ymm registers hold the accumulators of four rows at a time.
+        for (quad, rows) in a.chunks_exact(4).enumerate() {
+            // SAFETY: AVX2 and FMA are enabled; `p * ldb + s + LANES <= (k - 1) * ldb + w <=
+            // b.len()` for `p < k` and both block starts `s <= w - LANES`; `p < k <= a[r].len()`;
+            // stores reach at most `(TILE - 1) * w + w = c.len()`.
+            unsafe {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for p in 0..k {
+                    let row = b.as_ptr().add(p * ldb);
+                    let b0 = _mm256_loadu_ps(row.add(s0));
+                    let b1 = _mm256_loadu_ps(row.add(s1));
+                    for (ar, acc_r) in rows.iter().zip(acc.iter_mut()) {
+                        let x = _mm256_set1_ps(*ar.get_unchecked(p));
+                        acc_r[0] = _mm256_fmadd_ps(x, b0, acc_r[0]);
+                        acc_r[1] = _mm256_fmadd_ps(x, b1, acc_r[1]);
+                    }
                 }
-            }
-            for (r, acc_r) in acc.iter().enumerate() {
-                let out = c.as_mut_ptr().add(r * w);
-                _mm256_storeu_ps(out.add(s0), acc_r[0]);
-                _mm256_storeu_ps(out.add(s1), acc_r[1]);
+                for (r, acc_r) in acc.iter().enumerate() {
+                    let out = c.as_mut_ptr().add((quad * 4 + r) * w);
+                    _mm256_storeu_ps(out.add(s0), acc_r[0]);
+                    _mm256_storeu_ps(out.add(s1), acc_r[1]);
+                }
             }
         }
     }
