@@ -23,7 +23,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     base_general = json.loads((base / "general" / "metrics.json").read_text())
     base_epochs = base_general["config"]["epochs"]
-    started = time.perf_counter()
 
     # The task run on the base checkpoint and the longer general run are independent.
     task_base = _run(
@@ -185,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": metrics("baseline")["seconds"],
             "curve": _curve(metrics("baseline")),
         },
-        "wall_seconds": time.perf_counter() - started,
     }
     (out / "budget.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
