@@ -12,7 +12,8 @@ Every dev accuracy (per epoch, so accuracy against budget can be read off) and w
     python benches/distill_sst2.py --data ../shared/data --out bench-results/distill_sst2
 
 The defaults are sized for a 2-core CPU (roughly 40 minutes on an idle machine); the
-``--*-epochs`` flags change the budget.
+``--*-epochs`` flags change the budget. ``distill_budget.py`` continues from this script's output
+with the budget that meets the 97%-of-teacher goal (benches/RESULTS.md).
 """
 
 from __future__ import annotations
