@@ -11,6 +11,11 @@
 //! head: logits = classifier(tanh(pooler(x[CLS])))
 //! ```
 //!
+//! The head reads only `x[CLS]` of the last layer, so that layer runs its query and everything
+//! after the attention for the `[CLS]` rows alone (keys and values still come from every token):
+//! the same logits for about `(L - 1) / L` of the work. Exits never follow the last layer (the
+//! head answers there), so nothing else reads the rows it skips.
+//!
 //! Every step is per token (embeddings, linears, LayerNorm, GELU) or per sequence (attention,
 //! branches, head), so a sequence's logits and exit layer never depend on the other sequences of
 //! the chunk: batched results equal batch-size-1 results bit for bit.
@@ -66,7 +71,12 @@ pub(crate) fn forward(
     embed(model, ws, tokens);
 
     let early = speed > 0.0 && !d.regression;
+    let last = model.layers.len().saturating_sub(1);
     for (l, layer) in model.layers.iter().enumerate() {
+        if l == last {
+            last_layer_cls(model, layer, l, ws, tokens, seqs, kernel)?;
+            break;
+        }
         encoder_layer(model, layer, l, ws, tokens, kernel)?;
         if !early {
             continue;
@@ -81,6 +91,9 @@ pub(crate) fn forward(
         }
     }
 
+    if model.layers.is_empty() {
+        pack_cls(ws, h, seqs);
+    }
     head_logits(model, ws, seqs);
     for s in 0..seqs {
         let row = ws.seq_row[s];
@@ -168,15 +181,17 @@ fn encoder_layer(
     kernel: KernelKind,
 ) -> Result<()> {
     let d = &model.dims;
-    let (h, f, t) = (d.hidden, d.intermediate, tokens);
-    let site = |linear| Site { layer: l, linear };
+    let (h, t) = (d.hidden, tokens);
     layer.qkv.forward(
         &ws.x[..t * h],
         t,
         &mut ws.qkv[..t * 3 * h],
         &mut ws.quant,
         kernel,
-        &site("qkv"),
+        &Site {
+            layer: l,
+            linear: "qkv",
+        },
     )?;
     let qkv = &ws.qkv[..t * 3 * h];
     let rows = |col| Rows {
@@ -196,6 +211,74 @@ fn encoder_layer(
         &mut ws.scores,
         &mut ws.ctx[..t * h],
     );
+    after_attention(model, layer, l, ws, t, kernel)
+}
+
+/// The last layer for the `[CLS]` rows only (see the module docs); leaves their hidden states in
+/// `x[..b * H]`, sequence by sequence.
+fn last_layer_cls(
+    model: &ModelWeights,
+    layer: &EncoderLayer,
+    l: usize,
+    ws: &mut Workspace,
+    tokens: usize,
+    b: usize,
+    kernel: KernelKind,
+) -> Result<()> {
+    let d = &model.dims;
+    let (h, t) = (d.hidden, tokens);
+    layer.qkv.forward(
+        &ws.x[..t * h],
+        t,
+        &mut ws.qkv[..t * 3 * h],
+        &mut ws.quant,
+        kernel,
+        &Site {
+            layer: l,
+            linear: "qkv",
+        },
+    )?;
+    let qkv = &ws.qkv[..t * 3 * h];
+    gather_cls(qkv, 3 * h, h, &ws.offsets, &mut ws.cls_a[..b * h]);
+    let rows = |data, stride, col| Rows { data, stride, col };
+    attention(
+        rows(&ws.cls_a[..b * h], h, 0),
+        rows(qkv, 3 * h, h),
+        rows(qkv, 3 * h, 2 * h),
+        h,
+        d.heads,
+        &ws.offsets,
+        &ws.seq_ident[..b],
+        &mut ws.kt,
+        &mut ws.scores,
+        &mut ws.ctx[..b * h],
+    );
+    pack_cls(ws, h, b);
+    after_attention(model, layer, l, ws, b, kernel)
+}
+
+/// Moves the `[CLS]` row of each sequence of `x` to row `s` (in place: row `s` never lies after
+/// sequence `s`'s first token, nor after any later sequence's).
+fn pack_cls(ws: &mut Workspace, h: usize, b: usize) {
+    for s in 0..b {
+        let start = ws.offsets[s] * h;
+        ws.x.copy_within(start..start + h, s * h);
+    }
+}
+
+/// The rest of a layer on `t` rows of `ctx` (attention output) and `x` (its input):
+/// `x = LayerNorm(x + ctx @ attn_out^T + b)`, then the feed-forward block.
+fn after_attention(
+    model: &ModelWeights,
+    layer: &EncoderLayer,
+    l: usize,
+    ws: &mut Workspace,
+    t: usize,
+    kernel: KernelKind,
+) -> Result<()> {
+    let d = &model.dims;
+    let (h, f) = (d.hidden, d.intermediate);
+    let site = |linear| Site { layer: l, linear };
     layer.attn_out.forward(
         &ws.ctx[..t * h],
         t,
@@ -239,15 +322,15 @@ fn encoder_layer(
     Ok(())
 }
 
-/// Copies the first token row (`[CLS]`) of each sequence of `src` (`[T, width]`) to `dst`
-/// (`[B, width]`).
-fn gather_cls(src: &[f32], width: usize, offsets: &[usize], dst: &mut [f32]) {
+/// Copies the first `width` values of the first token row (`[CLS]`) of each sequence of `src`
+/// (`[T, stride]`) to `dst` (`[B, width]`).
+fn gather_cls(src: &[f32], stride: usize, width: usize, offsets: &[usize], dst: &mut [f32]) {
     for (s, row) in dst
         .chunks_exact_mut(width)
         .take(offsets.len() - 1)
         .enumerate()
     {
-        let start = offsets[s] * width;
+        let start = offsets[s] * stride;
         row.copy_from_slice(&src[start..start + width]);
     }
 }
@@ -257,7 +340,7 @@ fn branch_logits(model: &ModelWeights, branch: &Branch, ws: &mut Workspace, t: u
     let h = model.dims.hidden;
     match branch {
         Branch::Linear { classifier } => {
-            gather_cls(&ws.x[..t * h], h, &ws.offsets, &mut ws.cls_a[..b * h]);
+            gather_cls(&ws.x[..t * h], h, h, &ws.offsets, &mut ws.cls_a[..b * h]);
             classifier.forward(&ws.cls_a[..b * h], b, &mut ws.logits);
         }
         Branch::FastBert(fb) => {
@@ -269,7 +352,7 @@ fn branch_logits(model: &ModelWeights, branch: &Branch, ws: &mut Workspace, t: u
             // reads nothing but h[CLS] afterwards).
             fb.key.forward(&ws.bh[..t * w], t, &mut ws.bk[..t * w]);
             fb.value.forward(&ws.bh[..t * w], t, &mut ws.bv[..t * w]);
-            gather_cls(&ws.bh[..t * w], w, &ws.offsets, &mut ws.cls_a[..b * w]);
+            gather_cls(&ws.bh[..t * w], w, w, &ws.offsets, &mut ws.cls_a[..b * w]);
             fb.query
                 .forward(&ws.cls_a[..b * w], b, &mut ws.cls_b[..b * w]);
             let rows = |data| Rows {
@@ -300,15 +383,14 @@ fn branch_logits(model: &ModelWeights, branch: &Branch, ws: &mut Workspace, t: u
     }
 }
 
-/// `classifier(tanh(pooler(x[CLS])))` for every running sequence, into `ws.logits`.
+/// `classifier(tanh(pooler(x[CLS])))` for every running sequence, into `ws.logits`; the `[CLS]`
+/// rows are `x[..b * H]` (see [`last_layer_cls`], [`pack_cls`]).
 fn head_logits(model: &ModelWeights, ws: &mut Workspace, b: usize) {
     let h = model.dims.hidden;
-    let t = ws.offsets[b];
-    gather_cls(&ws.x[..t * h], h, &ws.offsets, &mut ws.cls_a[..b * h]);
     model
         .head
         .pooler
-        .forward(&ws.cls_a[..b * h], b, &mut ws.cls_b[..b * h]);
+        .forward(&ws.x[..b * h], b, &mut ws.cls_b[..b * h]);
     tanh_in_place(&mut ws.cls_b[..b * h]);
     model
         .head
