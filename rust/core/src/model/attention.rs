@@ -1,24 +1,28 @@
 //! Multi-head self-attention over packed sequences (see [`super::workspace`]).
 //!
-//! For each query row: `scores[j] = (q . k_j) / sqrt(d)` over the keys of its own sequence only,
-//! `p = softmax(scores)` (max subtracted), `out = sum_j p[j] v_j`, per head. Restricting the keys to
-//! the sequence is the padding mask of docs/bundle.md (`-inf` on padded keys gives them weight 0).
+//! For each query row and head, with `d` the head width and `c = log2(e) / sqrt(d)`:
+//! `s[j] = sum_p q[p] k_j[p]` over the keys `j` of the query's own sequence (the padding mask of
+//! docs/bundle.md: `-inf` on padded keys gives them weight 0), `m = max_j s[j]`,
+//! `e[j] = 2^(s[j] c - m c)` (= `exp((s[j] - m) / sqrt(d))`, by [`vmath::exp2`]),
+//! `z = sum_j e[j]`, `out[c] = (sum_j e[j] v_j[c]) * (1 / z)`. Every sum runs in index order;
+//! [`attend_query`] computes exactly this, one query at a time.
 //!
-//! Queries of one sequence go in tiles of [`TILE`] rows. Per head, a tile's scores are one small
-//! matrix product `Q[TILE][d] x Kt[d][n]` (keys transposed per sequence and head first) and its
-//! output another, `P[TILE][n] x V[n][d]`, both by [`tile_product`]: register accumulators of
-//! `TILE` rows (four at a time with AVX2) x 16 (AVX2) or 32 (AVX-512) columns, one multiply-add
-//! per step. The softmax stays unnormalized until the output, where `d` values are divided by
-//! its sum instead of `n` probabilities. Every output value is the sequential sum over the
-//! reduced dimension, whatever tile, column block or SIMD width computes it, so a query's result
-//! depends only on its sequence: never on the rest of the batch or on its place in a tile.
-//! On x86-64 with AVX2 and FMA the sums use fused multiply-adds (a different rounding from the
-//! portable build, identical for every batch on one machine).
+//! The vector kernel ([`attend_lanes`]) puts queries in lanes: a tile is up to `LANES` queries of
+//! one sequence (16 with AVX-512, 8 with AVX2), one per lane, and every lane runs the scalar
+//! definition of its query, so the kernel gives [`attend_query`]'s bits (with fused multiply-adds)
+//! and a query's result never depends on the rest of its tile or batch. Per sequence its keys are
+//! packed once so that [`KEYS`] keys' values of one column are adjacent ([`pack_keys`]). Per tile
+//! and head: the query columns are gathered (`qt[p]` holds `q[p]` of every lane); a score is `d`
+//! multiply-adds of a broadcast key value with `qt[p]`, [`KEYS`] keys at a time; max, exp2 and
+//! sum are lane-wise; the output is `n` multiply-adds per column with broadcast value entries, a
+//! block of columns held in registers, then scattered to the query rows. Every multiply-add is a
+//! full vector, whatever the head width.
 
 use rayon::prelude::*;
 
-use super::linear::rows_per_task;
-use super::ops::exp_shifted;
+#[cfg(target_arch = "x86_64")]
+use super::lanes::{Avx2, Avx512, F32Lanes};
+use super::vmath::{self, madd};
 use super::workspace::fit;
 
 /// Rows of a row-major matrix, each read from column `col` for `width` values.
@@ -37,27 +41,25 @@ impl Rows<'_> {
     }
 }
 
-/// Sequences shorter than this many values are transposed on the calling thread.
-const SERIAL_TRANSPOSE: usize = 1 << 14;
+/// The most lanes of any kernel (AVX-512's 16): the tile scratch is sized for it.
+const MAX_LANES: usize = 16;
 
-/// Query rows per tile: the rows of [`tile_product`]'s accumulator block.
-const TILE: usize = 8;
+/// Keys scored at once by [`attend_lanes`]: one accumulator each.
+const KEYS: usize = 8;
 
-/// Lanes of one accumulator vector (one 256-bit vector of f32).
-const LANES: usize = 8;
-
-/// Score scratch one parallel task needs for sequences of up to `max_len` tokens and heads of
-/// width `d`: the tile's score rows, then its output rows.
-fn task_scratch(max_len: usize, d: usize) -> usize {
-    TILE * (max_len + d)
+/// Scratch one parallel task needs for sequences of up to `max_len` tokens, rows of `width`
+/// values and heads of width `d`: the packed keys of one sequence ([`pack_keys`]), a tile's
+/// transposed queries, then its scores.
+fn task_scratch(max_len: usize, width: usize, d: usize) -> usize {
+    max_len.div_ceil(KEYS) * KEYS * width + MAX_LANES * (d + max_len)
 }
 
 /// Attention of `query_seq.len()` query rows of width `width` (`heads` heads).
 ///
-/// - `q`: query row `i` is the `i`-th query; `query_seq[i]` is its sequence.
+/// - `q`: query row `i` is the `i`-th query; `query_seq[i]` is its sequence; the queries of a
+///   sequence are consecutive.
 /// - `k`, `v`: indexed by token row; sequence `s` owns rows `offsets[s]..offsets[s + 1]`.
-/// - `kt`: scratch of at least `offsets[B] * width` values; `scores`: grown as needed.
-/// - `out`: `[queries, width]`.
+/// - `scores`: scratch, grown as needed; `out`: `[queries, width]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
     q: Rows,
@@ -67,7 +69,6 @@ pub(crate) fn attention(
     heads: usize,
     offsets: &[usize],
     query_seq: &[u32],
-    kt: &mut [f32],
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
@@ -76,27 +77,26 @@ pub(crate) fn attention(
     if nseq == 0 || nq == 0 {
         return;
     }
-    let tokens = offsets[nseq];
-    transpose_keys(&k, offsets, width, &mut kt[..tokens * width]);
-    let kt = &kt[..tokens * width];
-
     let max_len = offsets
         .windows(2)
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or(0)
         .max(1);
-    let chunk = rows_per_task(nq);
-    let per_task = task_scratch(max_len, width / heads);
+    // Whole tiles per task, one task per thread: each task packs the keys of its sequences.
+    let chunk = nq
+        .div_ceil(rayon::current_num_threads().max(1))
+        .next_multiple_of(MAX_LANES);
+    let per_task = task_scratch(max_len, width, width / heads);
     fit(scores, nq.div_ceil(chunk) * per_task);
     let cx = Ctx {
         q,
+        k,
         v,
         width,
         heads,
         offsets,
         query_seq,
-        kt,
     };
     out[..nq * width]
         .par_chunks_mut(chunk * width)
@@ -108,261 +108,339 @@ pub(crate) fn attention(
 /// What every query of an [`attention`] call shares.
 struct Ctx<'a> {
     q: Rows<'a>,
+    k: Rows<'a>,
     v: Rows<'a>,
     width: usize,
     heads: usize,
     offsets: &'a [usize],
     query_seq: &'a [u32],
-    kt: &'a [f32],
 }
 
-/// Attention of the queries `first..first + out.len() / width`, with `sc` as scratch.
+impl Ctx<'_> {
+    /// Head width.
+    fn d(&self) -> usize {
+        self.width / self.heads
+    }
+
+    /// First token row and length of sequence `s`.
+    fn seq(&self, s: usize) -> (usize, usize) {
+        (self.offsets[s], self.offsets[s + 1] - self.offsets[s])
+    }
+}
+
+/// Attention of the queries `first..first + out.len() / width`, with `sc` as scratch: the widest
+/// kernel the CPU runs, else one query at a time without fused multiply-adds.
 fn attend(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA, the features `attend_fma` is compiled for.
-        unsafe { attend_fma(cx, first, out, sc) };
-        return;
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F.
+            unsafe { attend_avx512(cx, first, out, sc) };
+            return;
+        }
+        if has!("avx2") && has!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA.
+            unsafe { attend_avx2(cx, first, out, sc) };
+            return;
+        }
     }
-    attend_generic::<false>(cx, first, out, sc);
+    let nrows = out.len() / cx.width;
+    for (i, row) in out.chunks_exact_mut(cx.width).take(nrows).enumerate() {
+        attend_query::<false>(cx, first + i, row, sc);
+    }
 }
 
-/// The same code compiled for 256-bit vectors with fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn attend_avx512(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
+    // SAFETY: AVX-512F is enabled, as `Avx512` requires.
+    unsafe { attend_lanes::<Avx512>(cx, first, out, sc) }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn attend_fma(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
-    attend_generic::<true>(cx, first, out, sc);
+fn attend_avx2(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
+    // SAFETY: AVX2 and FMA are enabled, as `Avx2` requires.
+    unsafe { attend_lanes::<Avx2>(cx, first, out, sc) }
 }
 
-/// [`exp_shifted`] of a score row (returns its sum), vectorized when `FMA` (implies AVX2).
-#[inline(always)]
-fn exp_row<const FMA: bool>(x: &mut [f32], scale: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if FMA {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F.
-            return unsafe { super::ops::exp_shifted_avx512(x, scale) };
+/// `c` with `e^((s - m) / sqrt(d)) = 2^(s c - m c)`.
+fn exp2_scale(d: usize) -> f32 {
+    std::f32::consts::LOG2_E / (d as f32).sqrt()
+}
+
+/// The definition (module docs) for query `qi`, into `out` (`[width]`); `sc` holds at least the
+/// sequence's length.
+fn attend_query<const FMA: bool>(cx: &Ctx, qi: usize, out: &mut [f32], sc: &mut [f32]) {
+    let (width, d) = (cx.width, cx.d());
+    let c = exp2_scale(d);
+    let (start, n) = cx.seq(cx.query_seq[qi] as usize);
+    let e = &mut sc[..n];
+    for h in 0..cx.heads {
+        let cols = h * d..(h + 1) * d;
+        let q = &cx.q.row(qi, width)[cols.clone()];
+        for (j, s) in e.iter_mut().enumerate() {
+            let k = &cx.k.row(start + j, width)[cols.clone()];
+            *s = q
+                .iter()
+                .zip(k)
+                .fold(0.0, |acc, (&a, &b)| madd::<FMA>(a, b, acc));
         }
-        // SAFETY: `FMA` is only set inside `attend_fma`, which runs only on CPUs with AVX2.
-        return unsafe { super::ops::exp_shifted_avx2(x, scale) };
+        let m = e.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mc = m * -c;
+        let mut z = 0f32;
+        for x in e.iter_mut() {
+            *x = vmath::exp2::<FMA>(madd::<FMA>(*x, c, mc));
+            z += *x;
+        }
+        let inv = 1.0 / z;
+        for (c, o) in cols.zip(&mut out[h * d..(h + 1) * d]) {
+            let acc = e.iter().enumerate().fold(0.0, |acc, (j, &w)| {
+                madd::<FMA>(w, cx.v.row(start + j, width)[c], acc)
+            });
+            *o = acc * inv;
+        }
     }
-    exp_shifted(x, scale)
 }
 
-/// `a * b + c`, fused into one rounding when `FMA` (only ever inlined into code compiled with the
-/// `fma` feature: elsewhere `mul_add` would be a slow library call).
+/// The queries `first..first + out.len() / width` in tiles of `L::LANES` (module docs).
+///
+/// # Safety
+/// The CPU must have `L`'s features, and this must be inlined into a function compiled with them.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-#[inline(always)]
-fn attend_generic<const FMA: bool>(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
-    let (width, heads) = (cx.width, cx.heads);
-    let d = width / heads;
-    let scale = 1.0 / (d as f32).sqrt();
+unsafe fn attend_lanes<L: F32Lanes>(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
+    let (width, d, lanes) = (cx.width, cx.d(), L::LANES);
+    let c = exp2_scale(d);
     let nrows = out.len() / width;
+    // Every pointer below stays in its slice: these bounds hold for all rows and columns used.
+    assert!(cx.q.data.len() >= (first + nrows - 1) * cx.q.stride + cx.q.col + width);
+    for r in [&cx.k, &cx.v] {
+        assert!(r.data.len() >= (cx.offsets[cx.offsets.len() - 1] - 1) * r.stride + r.col + width);
+    }
+    let widest = cx.q.stride.max(cx.k.stride).max(width);
+    assert!(lanes <= MAX_LANES && MAX_LANES.max(KEYS) * widest <= i32::MAX as usize);
+    // The sequence whose keys `sc` holds.
+    let mut packed = None;
     let mut i = 0;
     while i < nrows {
         let s = cx.query_seq[first + i] as usize;
-        // The tile: up to TILE consecutive queries of sequence `s` (a short tile repeats its
-        // last row, computed again and not written).
         let mut rows = 1;
-        while rows < TILE && i + rows < nrows && cx.query_seq[first + i + rows] as usize == s {
+        while rows < lanes && i + rows < nrows && cx.query_seq[first + i + rows] as usize == s {
             rows += 1;
         }
-        let tile: [usize; TILE] = std::array::from_fn(|r| first + i + r.min(rows - 1));
-        let (start, n) = (cx.offsets[s], cx.offsets[s + 1] - cx.offsets[s]);
-        let kts = &cx.kt[start * width..(start + n) * width];
-        let (p, o) = sc.split_at_mut(TILE * n);
-        let o = &mut o[..TILE * d];
-        for h in 0..heads {
-            let qs = tile.map(|qi| &cx.q.row(qi, width)[h * d..(h + 1) * d]);
-            tile_product::<FMA>(qs, &kts[h * d * n..(h + 1) * d * n], n, n, p);
-            // softmax(p) v = (exp(p - max) v) / sum: the division goes to the d outputs.
-            let mut sums = [0f32; TILE];
-            for (pr, sum) in p.chunks_exact_mut(n).zip(&mut sums).take(rows) {
-                *sum = exp_row::<FMA>(pr, scale);
-            }
-            let ps: [&[f32]; TILE] = std::array::from_fn(|r| &p[r.min(rows - 1) * n..][..n]);
-            let vs = &cx.v.data[start * cx.v.stride + cx.v.col + h * d..];
-            tile_product::<FMA>(ps, vs, cx.v.stride, d, o);
-            for (r, orow) in out[i * width..(i + rows) * width]
-                .chunks_exact_mut(width)
-                .enumerate()
-            {
-                let inv = 1.0 / sums[r];
-                for (dst, &v) in orow[h * d..(h + 1) * d].iter_mut().zip(&o[r * d..]) {
-                    *dst = v * inv;
+        let (start, n) = cx.seq(s);
+        let groups = n.div_ceil(KEYS);
+        let (kp, rest) = sc.split_at_mut(groups * KEYS * width);
+        let (qt, e) = rest.split_at_mut(MAX_LANES * d);
+        let e = &mut e[..lanes * n];
+        if packed != Some(s) {
+            // SAFETY: `L` implies AVX2 (AVX-512F includes it); the rows and strides are as
+            // asserted above.
+            unsafe { pack_keys(cx, s, kp) };
+            packed = Some(s);
+        }
+        // SAFETY: `L`'s features are enabled (caller); `rows >= 1` and the strides fit `i32`
+        // (asserted); the query rows `first + i + l` for `l < rows` lie within `q` (asserted), and
+        // out rows `i + l` within `out`.
+        unsafe {
+            let q_at = L::row_offsets(cx.q.stride, rows);
+            let out_at = L::row_offsets(width, rows);
+            let q0 = cx.q.data.as_ptr().add((first + i) * cx.q.stride + cx.q.col);
+            let o0 = out.as_mut_ptr().add(i * width);
+            for h in 0..cx.heads {
+                for p in 0..d {
+                    L::store(
+                        qt.as_mut_ptr().add(p * lanes),
+                        L::gather(q0.add(h * d + p), q_at),
+                    );
                 }
+                let head_keys = &kp[h * groups * d * KEYS..(h + 1) * groups * d * KEYS];
+                let m = scores::<L>(qt, head_keys, d, n, e);
+                let (mut z, cv) = (L::zero(), L::splat(c));
+                let mc = L::mul(m, L::splat(-c));
+                for j in 0..n {
+                    let x = L::exp2(L::fmadd(L::load(e.as_ptr().add(j * lanes)), cv, mc));
+                    L::store(e.as_mut_ptr().add(j * lanes), x);
+                    z = L::add(z, x);
+                }
+                let inv = L::div(L::splat(1.0), z);
+                let v0 =
+                    cx.v.data
+                        .as_ptr()
+                        .add(start * cx.v.stride + cx.v.col + h * d);
+                let o = Out {
+                    ptr: o0.add(h * d),
+                    offsets: out_at,
+                    rows,
+                };
+                weighted_values::<L>(e, v0, cx.v.stride, d, n, inv, o);
             }
         }
         i += rows;
     }
 }
 
-/// `c[r * w + j] = sum_p a[r][p] * b[p * ldb + j]` for `r < TILE`, `j < w`, with the sum over
-/// `p` (`0..a[0].len()`; every `a[r]` at least that long) taken in order, by
-/// [`tile_product_fma`] when `FMA`, else one value at a time.
-#[inline(always)]
-fn tile_product<const FMA: bool>(
-    a: [&[f32]; TILE],
-    b: &[f32],
-    ldb: usize,
-    w: usize,
-    c: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if FMA {
-        // SAFETY: `FMA` is only set inside `attend_fma`, which runs only when the CPU has AVX2
-        // and FMA.
-        unsafe { tile_product_fma(a, b, ldb, w, c) };
-        return;
-    }
-    let k = a[0].len();
-    for (r, crow) in c[..TILE * w].chunks_exact_mut(w).enumerate() {
-        for (j, dst) in crow.iter_mut().enumerate() {
-            let mut acc = 0f32;
-            for (p, &ap) in a[r][..k].iter().enumerate() {
-                acc = madd::<FMA>(ap, b[p * ldb + j], acc);
-            }
-            *dst = acc;
-        }
-    }
-}
-
-/// [`tile_product`] with AVX2 + FMA: columns in blocks of [`LANES`] (the last block overlaps its
-/// neighbour when `w % LANES != 0` and recomputes equal values), two blocks at a time, so that
-/// `TILE x 2` accumulators stay in registers. Narrow products (`w < LANES`) go one value at a time
-/// with the same fused multiply-adds, so every path rounds every value alike.
+/// Where a tile's head output goes: lane `l < rows` writes `ptr[offsets[l] + c]`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn tile_product_fma(a: [&[f32]; TILE], b: &[f32], ldb: usize, w: usize, c: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let k = a[0].len();
-    let c = &mut c[..TILE * w];
-    if k == 0 {
-        c.fill(0.0);
-        return;
-    }
-    // Every read below is within these bounds.
-    assert!(a.iter().all(|ar| ar.len() >= k) && (k - 1) * ldb + w <= b.len());
-    if w < LANES {
-        for (r, crow) in c.chunks_exact_mut(w).enumerate() {
-            for (j, dst) in crow.iter_mut().enumerate() {
-                let mut acc = 0f32;
-                for p in 0..k {
-                    acc = a[r][p].mul_add(b[p * ldb + j], acc);
-                }
-                *dst = acc;
-            }
-        }
-        return;
-    }
-    if w >= WIDE_LANES && std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (and FMA, checked by the caller); the bounds are
-        // checked above.
-        unsafe { tile_product_avx512(a, b, ldb, w, c) };
-        return;
-    }
-    let blocks = w.div_ceil(LANES);
-    let block_start = |i: usize| (LANES * i.min(blocks - 1)).min(w - LANES);
-    for pair in (0..blocks).step_by(2) {
-        let (s0, s1) = (block_start(pair), block_start(pair + 1));
-        // Sixteen ymm registers hold the accumulators of four rows at a time.
-        for (quad, rows) in a.chunks_exact(4).enumerate() {
-            // SAFETY: AVX2 and FMA are enabled; `p * ldb + s + LANES <= (k - 1) * ldb + w <=
-            // b.len()` for `p < k` and both block starts `s <= w - LANES`; `p < k <= a[r].len()`;
-            // stores reach at most `(TILE - 1) * w + w = c.len()`.
-            unsafe {
-                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-                for p in 0..k {
-                    let row = b.as_ptr().add(p * ldb);
-                    let b0 = _mm256_loadu_ps(row.add(s0));
-                    let b1 = _mm256_loadu_ps(row.add(s1));
-                    for (ar, acc_r) in rows.iter().zip(acc.iter_mut()) {
-                        let x = _mm256_set1_ps(*ar.get_unchecked(p));
-                        acc_r[0] = _mm256_fmadd_ps(x, b0, acc_r[0]);
-                        acc_r[1] = _mm256_fmadd_ps(x, b1, acc_r[1]);
-                    }
-                }
-                for (r, acc_r) in acc.iter().enumerate() {
-                    let out = c.as_mut_ptr().add((quad * 4 + r) * w);
-                    _mm256_storeu_ps(out.add(s0), acc_r[0]);
-                    _mm256_storeu_ps(out.add(s1), acc_r[1]);
-                }
-            }
-        }
-    }
+struct Out<L: F32Lanes> {
+    ptr: *mut f32,
+    offsets: L::Offsets,
+    rows: usize,
 }
 
-/// Lanes of one AVX-512 accumulator.
-const WIDE_LANES: usize = 16;
-
-/// [`tile_product_fma`] with 512-bit vectors for `w >= 16`: the same fused multiply-add chain for
-/// every value, twice the columns per instruction.
+/// Writes the keys of sequence `s` in groups of [`KEYS`], so that a group's values for one
+/// column are adjacent: `kp[((h * groups + g) * d + p) * KEYS + u] = k[g * KEYS + u][h * d + p]`
+/// (key rows counted from the sequence's first), zeros past its last key. One gather per
+/// `KEYS` values.
 ///
 /// # Safety
-/// The CPU must support AVX-512F and FMA; `a`, `b`, `c` as checked in [`tile_product_fma`].
+/// The CPU must support AVX2; the sequence's key rows lie within `cx.k` and `KEYS * stride`
+/// fits `i32` (as [`attend_lanes`] asserts).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn tile_product_avx512(a: [&[f32]; TILE], b: &[f32], ldb: usize, w: usize, c: &mut [f32]) {
+#[target_feature(enable = "avx2")]
+unsafe fn pack_keys(cx: &Ctx, s: usize, kp: &mut [f32]) {
     use std::arch::x86_64::*;
-    let k = a[0].len();
-    let blocks = w.div_ceil(WIDE_LANES);
-    let block_start = |i: usize| (WIDE_LANES * i.min(blocks - 1)).min(w - WIDE_LANES);
-    for pair in (0..blocks).step_by(2) {
-        let (s0, s1) = (block_start(pair), block_start(pair + 1));
-        // SAFETY: as in `tile_product_fma`, with blocks of 16 and `s <= w - 16`.
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 2]; TILE];
-            for p in 0..k {
-                let row = b.as_ptr().add(p * ldb);
-                let b0 = _mm512_loadu_ps(row.add(s0));
-                let b1 = _mm512_loadu_ps(row.add(s1));
-                for (ar, acc_r) in a.iter().zip(acc.iter_mut()) {
-                    let x = _mm512_set1_ps(*ar.get_unchecked(p));
-                    acc_r[0] = _mm512_fmadd_ps(x, b0, acc_r[0]);
-                    acc_r[1] = _mm512_fmadd_ps(x, b1, acc_r[1]);
+    const _: () = assert!(KEYS == 8, "one 256-bit gather per group and column");
+    let (start, n) = cx.seq(s);
+    let d = cx.d();
+    let groups = n.div_ceil(KEYS);
+    let kp = &mut kp[..cx.heads * groups * d * KEYS];
+    let stride = cx.k.stride as i32;
+    let rows = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let offsets = _mm256_mullo_epi32(rows, _mm256_set1_epi32(stride));
+    for g in 0..groups {
+        let valid = (n - g * KEYS).min(KEYS) as i32;
+        // Lanes of keys past the end read nothing and write 0.
+        let mask = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), rows));
+        let first = (start + g * KEYS) * cx.k.stride + cx.k.col;
+        for h in 0..cx.heads {
+            let block = &mut kp[(h * groups + g) * d * KEYS..][..d * KEYS];
+            for (p, slot) in block.chunks_exact_mut(KEYS).enumerate() {
+                // SAFETY: AVX2 is enabled; unmasked lanes read key rows of the sequence, column
+                // `col + h * d + p < col + width`; `slot` holds 8 values.
+                unsafe {
+                    let base = cx.k.data.as_ptr().add(first + h * d + p);
+                    let v = _mm256_mask_i32gather_ps::<4>(_mm256_setzero_ps(), base, offsets, mask);
+                    _mm256_storeu_ps(slot.as_mut_ptr(), v);
                 }
-            }
-            for (r, acc_r) in acc.iter().enumerate() {
-                let out = c.as_mut_ptr().add(r * w);
-                _mm512_storeu_ps(out.add(s0), acc_r[0]);
-                _mm512_storeu_ps(out.add(s1), acc_r[1]);
             }
         }
     }
 }
 
-/// Writes, for each sequence of `offsets` (whose first token row is `offsets[0]`, the start of
-/// `kt`), its keys transposed: `kt[(start - offsets[0]) * width + c * n + j] = k[start + j][c]`.
-/// Sequences are split recursively across the rayon pool.
-fn transpose_keys(k: &Rows, offsets: &[usize], width: usize, kt: &mut [f32]) {
-    let nseq = offsets.len() - 1;
-    let base = offsets[0];
-    if nseq == 1 || (offsets[nseq] - base) * width <= SERIAL_TRANSPOSE {
-        for s in 0..nseq {
-            let (start, n) = (offsets[s], offsets[s + 1] - offsets[s]);
-            let dst = &mut kt[(start - base) * width..(start - base + n) * width];
-            for j in 0..n {
-                for (c, &kv) in k.row(start + j, width).iter().enumerate() {
-                    dst[c * n + j] = kv;
+/// Scores of the `n` keys of `kp` (one head of [`pack_keys`]' layout) against the tile `qt`
+/// (`[d][LANES]`) into `e` (`[n][LANES]`); returns their lane-wise max.
+///
+/// # Safety
+/// As [`attend_lanes`]; `kp` holds `n.div_ceil(KEYS) * d * KEYS` values, `qt` `d * LANES`, `e`
+/// `n * LANES`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn scores<L: F32Lanes>(qt: &[f32], kp: &[f32], d: usize, n: usize, e: &mut [f32]) -> L::V {
+    let lanes = L::LANES;
+    // SAFETY (both blocks): reads of `qt` stay below `d * lanes`, of `kp` below
+    // `groups * d * KEYS`, writes of `e` below `n * lanes`.
+    let mut m = unsafe { L::splat(f32::NEG_INFINITY) };
+    for g in 0..n.div_ceil(KEYS) {
+        unsafe {
+            let group = kp.as_ptr().add(g * d * KEYS);
+            let mut acc = [L::zero(); KEYS];
+            for p in 0..d {
+                let qv = L::load(qt.as_ptr().add(p * lanes));
+                let keys = group.add(p * KEYS);
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = L::fmadd(L::splat(*keys.add(u)), qv, *a);
                 }
             }
+            // A short last group's padding keys are computed and dropped.
+            for (u, &a) in acc.iter().enumerate().take(n - g * KEYS) {
+                L::store(e.as_mut_ptr().add((g * KEYS + u) * lanes), a);
+                m = L::max(m, a);
+            }
         }
-        return;
     }
-    let mid = nseq / 2;
-    let (left, right) = kt.split_at_mut((offsets[mid] - base) * width);
-    rayon::join(
-        || transpose_keys(k, &offsets[..=mid], width, left),
-        || transpose_keys(k, &offsets[mid..], width, right),
-    );
+    m
+}
+
+/// `out[c] = (sum_j e[j] v_j[c]) * inv` for the `d` columns of a head (value row `j` at
+/// `v0 + j * stride`), in blocks of columns: the block width is picked so the blocks cover `d`
+/// with the fewest accumulators of at most [`max_block`] (the last block may overlap the one
+/// before it and writes equal values again).
+///
+/// # Safety
+/// As [`attend_lanes`]; the value rows are readable and `o` is writable for the `d` columns.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weighted_values<L: F32Lanes>(
+    e: &[f32],
+    v0: *const f32,
+    stride: usize,
+    d: usize,
+    n: usize,
+    inv: L::V,
+    o: Out<L>,
+) {
+    let blocks = d.div_ceil(max_block::<L>());
+    let width = d.div_ceil(blocks);
+    macro_rules! dispatch {
+        ($($w:literal)*) => {
+            match width {
+                // SAFETY: as this function; `$w == width <= d`.
+                $($w => unsafe { value_blocks::<L, $w>(e, v0, stride, d, n, inv, o) },)*
+                _ => unreachable!("block width {width} outside 1..=16"),
+            }
+        };
+    }
+    dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+}
+
+/// Accumulators of one column block: what the register file holds beside the operands.
+#[cfg(target_arch = "x86_64")]
+fn max_block<L: F32Lanes>() -> usize {
+    if L::LANES == 16 {
+        16
+    } else {
+        12
+    }
+}
+
+/// [`weighted_values`] with blocks of `W` columns.
+///
+/// # Safety
+/// As [`weighted_values`], with `1 <= W <= d`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn value_blocks<L: F32Lanes, const W: usize>(
+    e: &[f32],
+    v0: *const f32,
+    stride: usize,
+    d: usize,
+    n: usize,
+    inv: L::V,
+    o: Out<L>,
+) {
+    let lanes = L::LANES;
+    let mut c0 = 0;
+    while c0 < d {
+        let c = c0.min(d - W);
+        // SAFETY: columns `c..c + W <= d`; rows below `n`; `e` holds `n * lanes` values.
+        unsafe {
+            let mut acc = [L::zero(); W];
+            for j in 0..n {
+                let w = L::load(e.as_ptr().add(j * lanes));
+                let row = v0.add(j * stride + c);
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = L::fmadd(L::splat(*row.add(u)), w, *a);
+                }
+            }
+            for (u, &a) in acc.iter().enumerate() {
+                L::scatter(o.ptr.add(c + u), o.offsets, o.rows, L::mul(a, inv));
+            }
+        }
+        c0 += W;
+    }
 }
 
 #[cfg(test)]
@@ -380,158 +458,242 @@ mod tests {
             .collect()
     }
 
-    /// Attention of every token of `lens` (packed) with `q`, `k`, `v` of `[T, width]`.
-    fn run(qkv: [&[f32]; 3], lens: &[usize], width: usize, heads: usize) -> Vec<f32> {
-        let mut offsets = vec![0];
-        let mut query_seq = vec![];
-        for (s, &n) in lens.iter().enumerate() {
-            offsets.push(offsets[s] + n);
-            query_seq.extend(std::iter::repeat_n(s as u32, n));
-        }
-        let t = offsets[lens.len()];
-        let rows = |data| Rows {
-            data,
-            stride: width,
-            col: 0,
-        };
-        let (mut kt, mut scores, mut out) = (vec![0.0; t * width], vec![], vec![0.0; t * width]);
-        let [q, k, v] = qkv;
-        attention(
-            rows(q),
-            rows(k),
-            rows(v),
-            width,
-            heads,
-            &offsets,
-            &query_seq,
-            &mut kt,
-            &mut scores,
-            &mut out,
-        );
-        out
+    /// Packed sequences of `lens` with `[T, width]` queries, keys and values, each at column
+    /// `pad` of rows of `width + 2 * pad` (as the fused qkv buffer holds them).
+    struct Case {
+        lens: Vec<usize>,
+        offsets: Vec<usize>,
+        width: usize,
+        heads: usize,
+        stride: usize,
+        pad: usize,
+        qkv: [Vec<f32>; 3],
     }
 
-    /// The definition, in f64, one query at a time.
-    fn reference(qkv: [&[f32]; 3], lens: &[usize], width: usize, heads: usize) -> Vec<f64> {
-        let [q, k, v] = qkv.map(|m| m.iter().map(|&x| f64::from(x)).collect::<Vec<_>>());
-        let d = width / heads;
-        let mut out = vec![0f64; q.len()];
-        let mut start = 0;
-        for &n in lens {
-            for i in start..start + n {
-                for h in 0..heads {
-                    let cols = h * d..(h + 1) * d;
-                    let s: Vec<f64> = (start..start + n)
-                        .map(|j| {
-                            let dot: f64 = cols
-                                .clone()
-                                .map(|c| q[i * width + c] * k[j * width + c])
-                                .sum();
-                            dot / (d as f64).sqrt()
-                        })
-                        .collect();
-                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for c in cols {
-                        out[i * width + c] =
-                            (0..n).map(|j| e[j] / z * v[(start + j) * width + c]).sum();
+    impl Case {
+        fn new(lens: &[usize], width: usize, heads: usize, seed: &mut u64) -> Case {
+            let mut offsets = vec![0];
+            for &n in lens {
+                offsets.push(offsets.last().unwrap() + n);
+            }
+            let (pad, t) = (3, offsets[lens.len()]);
+            let stride = width + 2 * pad;
+            let qkv = std::array::from_fn(|_| random(t * stride, seed));
+            Case {
+                lens: lens.to_vec(),
+                offsets,
+                width,
+                heads,
+                stride,
+                pad,
+                qkv,
+            }
+        }
+
+        fn rows(&self, m: usize) -> Rows<'_> {
+            Rows {
+                data: &self.qkv[m],
+                stride: self.stride,
+                col: self.pad,
+            }
+        }
+
+        /// Every token's query, sequence by sequence.
+        fn all_queries(&self) -> Vec<u32> {
+            let lens = self.lens.iter().enumerate();
+            lens.flat_map(|(s, &n)| std::iter::repeat_n(s as u32, n))
+                .collect()
+        }
+
+        fn ctx<'a>(&'a self, query_seq: &'a [u32]) -> Ctx<'a> {
+            Ctx {
+                q: self.rows(0),
+                k: self.rows(1),
+                v: self.rows(2),
+                width: self.width,
+                heads: self.heads,
+                offsets: &self.offsets,
+                query_seq,
+            }
+        }
+
+        fn run(&self) -> Vec<f32> {
+            let query_seq = self.all_queries();
+            let mut out = vec![f32::NAN; query_seq.len() * self.width];
+            attention(
+                self.rows(0),
+                self.rows(1),
+                self.rows(2),
+                self.width,
+                self.heads,
+                &self.offsets,
+                &query_seq,
+                &mut vec![],
+                &mut out,
+            );
+            out
+        }
+
+        /// [`attend_query`] for every query.
+        fn one_by_one<const FMA: bool>(&self) -> Vec<f32> {
+            let query_seq = self.all_queries();
+            let cx = self.ctx(&query_seq);
+            let mut sc = vec![0f32; self.offsets[self.lens.len()]];
+            let mut out = vec![f32::NAN; query_seq.len() * self.width];
+            for (i, row) in out.chunks_exact_mut(self.width).enumerate() {
+                attend_query::<FMA>(&cx, i, row, &mut sc);
+            }
+            out
+        }
+
+        /// The definition in f64.
+        fn reference(&self) -> Vec<f64> {
+            let f64s = |m: &[f32]| m.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+            let [q, k, v] = [0, 1, 2].map(|m| f64s(&self.qkv[m]));
+            let d = self.width / self.heads;
+            let at = |m: &[f64], r: usize, c: usize| m[r * self.stride + self.pad + c];
+            let mut out = vec![];
+            for (s, &n) in self.lens.iter().enumerate() {
+                let start = self.offsets[s];
+                for i in start..start + n {
+                    for h in 0..self.heads {
+                        let cols = h * d..(h + 1) * d;
+                        let sc: Vec<f64> = (start..start + n)
+                            .map(|j| {
+                                let dot: f64 =
+                                    cols.clone().map(|c| at(&q, i, c) * at(&k, j, c)).sum();
+                                dot / (d as f64).sqrt()
+                            })
+                            .collect();
+                        let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                        let z: f64 = e.iter().sum();
+                        for c in cols {
+                            out.push((0..n).map(|j| e[j] / z * at(&v, start + j, c)).sum());
+                        }
                     }
                 }
             }
-            start += n;
+            out
         }
-        out
+    }
+
+    /// Head widths below, at and above one vector and one column block; sequences of 1 token,
+    /// shorter than a tile, ragged, and longer than the key groups.
+    const SHAPES: [(usize, usize); 6] = [(12, 3), (16, 2), (52, 2), (78, 3), (64, 1), (130, 2)];
+    const LENS: [usize; 7] = [1, 3, 8, 9, 17, 40, 16];
+
+    fn close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(*g) - w).abs() < 2e-5,
+                "{what}, value {i}: {g} vs {w}"
+            );
+        }
     }
 
     #[test]
     fn matches_the_definition_and_ignores_the_batch() {
         let mut seed = 3;
-        // Head widths below, at and above one vector; sequences of 1 token, shorter than a
-        // vector, ragged, and longer than a tile of columns.
-        for (width, heads) in [(12, 3), (16, 2), (52, 2), (78, 3)] {
-            let lens = [1, 3, 8, 9, 17, 40];
-            let t: usize = lens.iter().sum();
-            let (q, k, v) = (
-                random(t * width, &mut seed),
-                random(t * width, &mut seed),
-                random(t * width, &mut seed),
+        for (width, heads) in SHAPES {
+            let case = Case::new(&LENS, width, heads, &mut seed);
+            let got = case.run();
+            close(&got, &case.reference(), &format!("width {width}"));
+            close(
+                &case.one_by_one::<false>(),
+                &case.reference(),
+                &format!("portable, width {width}"),
             );
-            let got = run([&q, &k, &v], &lens, width, heads);
-            let want = reference([&q, &k, &v], &lens, width, heads);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (f64::from(*g) - w).abs() < 2e-5,
-                    "width {width}, value {i}: {g} vs {w}"
-                );
-            }
             // Each sequence alone gives the same bits as inside the batch.
-            let mut start = 0;
-            for &n in &lens {
-                let part = |m: &[f32]| m[start * width..(start + n) * width].to_vec();
-                let alone = run([&part(&q), &part(&k), &part(&v)], &[n], width, heads);
+            for (s, &n) in case.lens.iter().enumerate() {
+                let start = case.offsets[s];
+                let alone = Case {
+                    lens: vec![n],
+                    offsets: vec![0, n],
+                    qkv: case
+                        .qkv
+                        .clone()
+                        .map(|m| m[start * case.stride..(start + n) * case.stride].to_vec()),
+                    ..case
+                };
                 assert_eq!(
-                    alone,
+                    alone.run(),
                     got[start * width..(start + n) * width],
                     "width {width}, len {n}"
                 );
-                start += n;
             }
         }
     }
 
+    /// Each kernel of `L` lanes gives [`attend_query`]'s bits (with fused multiply-adds), on
+    /// every query and on the `[CLS]` queries alone (one per tile, as the last layer and the
+    /// branches ask), split into tasks at odd places.
+    #[cfg(target_arch = "x86_64")]
+    fn lanes_match_one_by_one(kernel: unsafe fn(&Ctx, usize, &mut [f32], &mut [f32])) {
+        let mut seed = 5;
+        for (width, heads) in SHAPES {
+            let case = Case::new(&LENS, width, heads, &mut seed);
+            let d = width / heads;
+            let want = case.one_by_one::<true>();
+            let query_seq = case.all_queries();
+            let cx = case.ctx(&query_seq);
+            let mut sc = vec![0f32; task_scratch(40, width, d)];
+            let mut got = vec![f32::NAN; want.len()];
+            for (first, end) in [(0, 5), (5, 37), (37, query_seq.len())] {
+                // SAFETY: the caller checked the kernel's CPU features.
+                unsafe { kernel(&cx, first, &mut got[first * width..end * width], &mut sc) };
+            }
+            assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "width {width}, heads {heads}"
+            );
+            // One [CLS] query per sequence.
+            let cls: Vec<f32> = case
+                .offsets
+                .iter()
+                .take(LENS.len())
+                .flat_map(|&t| want[t * width..(t + 1) * width].to_vec())
+                .collect();
+            let q = case.rows(0);
+            let q_cls: Vec<f32> = case
+                .offsets
+                .iter()
+                .take(LENS.len())
+                .flat_map(|&t| q.row(t, width).to_vec())
+                .collect();
+            let seqs: Vec<u32> = (0..LENS.len() as u32).collect();
+            let cx = Ctx {
+                q: Rows {
+                    data: &q_cls,
+                    stride: width,
+                    col: 0,
+                },
+                query_seq: &seqs,
+                ..case.ctx(&query_seq)
+            };
+            let mut got = vec![f32::NAN; cls.len()];
+            // SAFETY: as above.
+            unsafe { kernel(&cx, 0, &mut got, &mut sc) };
+            assert_eq!(got, cls, "[CLS] queries, width {width}");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
     #[test]
-    fn fused_and_portable_tiles_agree() {
-        let mut seed = 11;
-        for (k, w) in [
-            (1, 1),
-            (5, 7),
-            (26, 8),
-            (26, 9),
-            (26, 26),
-            (40, 33),
-            (128, 26),
-        ] {
-            let a_rows: Vec<Vec<f32>> = (0..TILE).map(|_| random(k, &mut seed)).collect();
-            let a: [&[f32]; TILE] = std::array::from_fn(|r| a_rows[r].as_slice());
-            let ldb = w + 3;
-            let b = random(k * ldb, &mut seed);
-            let mut portable = vec![0f32; TILE * w];
-            tile_product::<false>(a, &b, ldb, w, &mut portable);
-            for r in 0..TILE {
-                for j in 0..w {
-                    let want: f64 = (0..k)
-                        .map(|p| f64::from(a[r][p]) * f64::from(b[p * ldb + j]))
-                        .sum();
-                    assert!(
-                        (f64::from(portable[r * w + j]) - want).abs() < 1e-4,
-                        "{k}x{w}"
-                    );
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                let mut fused = vec![0f32; TILE * w];
-                // SAFETY: the CPU supports AVX2 and FMA.
-                unsafe { tile_product_fma(a, &b, ldb, w, &mut fused) };
-                for (x, y) in portable.iter().zip(&fused) {
-                    assert!((x - y).abs() < 1e-4, "{k}x{w}: {x} vs {y}");
-                }
-                // Each value is the same chain of fused multiply-adds on every path.
-                for r in 0..TILE {
-                    for j in 0..w {
-                        let chain =
-                            (0..k).fold(0f32, |acc, p| a[r][p].mul_add(b[p * ldb + j], acc));
-                        assert_eq!(
-                            fused[r * w + j].to_bits(),
-                            chain.to_bits(),
-                            "{k}x{w} at {r},{j}"
-                        );
-                    }
-                }
-            }
+    fn avx2_kernel_gives_the_scalar_bits() {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            lanes_match_one_by_one(attend_avx2);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_kernel_gives_the_scalar_bits() {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            lanes_match_one_by_one(attend_avx512);
         }
     }
 }

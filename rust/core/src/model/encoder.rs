@@ -207,7 +207,6 @@ fn encoder_layer(
         d.heads,
         &ws.offsets,
         &ws.tok_seq[..t],
-        &mut ws.kt,
         &mut ws.scores,
         &mut ws.ctx[..t * h],
     );
@@ -249,7 +248,6 @@ fn last_layer_cls(
         d.heads,
         &ws.offsets,
         &ws.seq_ident[..b],
-        &mut ws.kt,
         &mut ws.scores,
         &mut ws.ctx[..b * h],
     );
@@ -368,7 +366,6 @@ fn branch_logits(model: &ModelWeights, branch: &Branch, ws: &mut Workspace, t: u
                 model.dims.branch_heads,
                 &ws.offsets,
                 &ws.seq_ident[..b],
-                &mut ws.kt,
                 &mut ws.scores,
                 &mut ws.cls_a[..b * w],
             );

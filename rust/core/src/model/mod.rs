@@ -5,13 +5,15 @@
 //! - [`linear`]: an encoder linear, int8 or f32.
 //! - [`ops`]: LayerNorm, GELU, softmax, normalized entropy.
 //! - [`quantize`]: per-token u8 activation quantization (vectorized).
-//! - [`vmath`]: vectorizable exp, erf and GELU (scalar and AVX2, same bits).
+//! - [`vmath`]: vectorizable exp, erf and GELU (scalar, AVX2 and AVX-512, same bits).
+//! - [`lanes`]: one f32 vector type over AVX2 and AVX-512, for kernels written once.
 //! - [`attention`]: multi-head attention over packed (unpadded) sequences.
 //! - [`workspace`]: the per-call scratch and its packed-sequence layout.
 //! - [`encoder`]: the forward pass with early exit and batch compaction.
 
 pub mod attention;
 pub mod encoder;
+pub(crate) mod lanes;
 pub mod linear;
 pub mod matmul;
 pub mod ops;

@@ -1,76 +1,103 @@
-//! Branch-free f32 math for the forward pass's hot loops: `exp` (attention softmax) and `erf`
-//! (GELU), each as a scalar function and an AVX2 function of eight values that performs the same
-//! operations in the same order (no fused multiply-adds), so the two give the same bits and a
-//! vectorized loop may finish its tail with the scalar one.
+//! Branch-free f32 math for the forward pass's hot loops: `exp2` (attention softmax) and `erf`
+//! (GELU), each as a scalar function and AVX2 / AVX-512 functions that perform the same
+//! operations in the same order, so that every version gives the same bits and a vectorized loop
+//! may finish its tail with the scalar one. `erf` uses no fused multiply-adds; `exp2` uses them
+//! when its `FMA` parameter says so (the vector versions always do: they equal `exp2::<true>`).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// The range of [`exp`]'s argument (clamped outside it).
-const EXP_LO: f32 = -87.3;
-const EXP_HI: f32 = 88.0;
-/// ln 2 split in two so that `n * LN2_HI` is exact.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
-/// Adding 1.5 * 2^23 puts a small integer-valued f32 in the low mantissa bits.
+/// The range of [`exp2`]'s argument (clamped outside it): `2^n` stays a normal f32.
+const EXP2_LO: f32 = -126.0;
+const EXP2_HI: f32 = 127.0;
+/// Adding and subtracting 1.5 * 2^23 rounds a small f32 to the nearest integer (ties to even).
 const SHIFTER: f32 = 12_582_912.0;
-/// Cephes' polynomial for `(e^r - 1 - r) / r^2`, highest degree first.
-const EXP_POLY: [f32; 6] = [
-    1.987_569_1e-4,
-    1.398_199_9e-3,
-    8.333_452e-3,
-    4.166_579_6e-2,
-    1.666_666_5e-1,
-    0.5,
+/// Taylor coefficients of `2^f = e^(f ln 2)`, `(ln 2)^k / k!`, from `k = 6` down to 1 (the
+/// truncation error on `|f| <= 1/2` is below 1.2e-7).
+#[allow(clippy::excessive_precision)]
+const EXP2_POLY: [f32; 6] = [
+    1.540_353_0e-4,
+    1.333_355_8e-3,
+    9.618_129_1e-3,
+    5.550_410_9e-2,
+    2.402_265_1e-1,
+    std::f32::consts::LN_2,
 ];
 
-/// `e^x` within 2 f32 steps (relative error below 2.4e-7) for `-87.3 <= x <= 88` (Cephes'
-/// `expf`: `x = n ln 2 + r` with `|r| <= ln 2 / 2`, a polynomial for `e^r`, and `2^n` built in
-/// the exponent bits). Below the range the result is `e^-87.3` (about 1.2e-38) rather than a
-/// subnormal or 0, above it `e^88`; NaN stays NaN.
+/// `a * b + c`, with one rounding when `FMA` (inline it only into code compiled with the `fma`
+/// feature, or tests: elsewhere `mul_add` is a slow library call).
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    let x = x.clamp(EXP_LO, EXP_HI);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let z = r * r;
-    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &c| p * r + c);
-    let p = p * z + r + 1.0;
-    let n_int = (n + SHIFTER).to_bits().wrapping_sub(SHIFTER.to_bits());
-    p * f32::from_bits(n_int.wrapping_add(127) << 23)
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
-/// [`exp`] of eight values, with the same bits.
+/// `2^t` within 3.5e-7 relative error for `-126 <= t <= 127` (clamped outside; NaN stays NaN):
+/// `t = n + f` with `n` the nearest integer, a polynomial for `2^f`, `2^n` built in the exponent
+/// bits. With `FMA` the polynomial's steps are fused multiply-adds, as in [`exp2_avx2`] and
+/// [`exp2_avx512`] (which give `exp2::<true>`'s bits); without, separate multiplies and adds
+/// (the portable build: a fused multiply-add without hardware support is a slow library call).
+#[inline(always)]
+pub fn exp2<const FMA: bool>(t: f32) -> f32 {
+    // Comparisons rather than `clamp`: NaN passes through, as in the vector versions.
+    let t = if t < EXP2_LO { EXP2_LO } else { t };
+    let t = if t > EXP2_HI { EXP2_HI } else { t };
+    let n = (t + SHIFTER) - SHIFTER;
+    let f = t - n;
+    let p = EXP2_POLY[1..]
+        .iter()
+        .fold(EXP2_POLY[0], |p, &c| madd::<FMA>(p, f, c));
+    let p = madd::<FMA>(p, f, 1.0);
+    // `n` is an integer in -126..=127 (NaN converts to 0 and leaves `p` NaN).
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// [`exp2`] (with fused multiply-adds) of eight values, with the same bits.
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
-pub unsafe fn exp_avx2(x: __m256) -> __m256 {
+pub unsafe fn exp2_avx2(t: __m256) -> __m256 {
     let c = _mm256_set1_ps;
     // max/min return their second operand when either is NaN: NaN passes through.
-    let x = _mm256_min_ps(c(EXP_HI), _mm256_max_ps(c(EXP_LO), x));
-    let n = _mm256_floor_ps(_mm256_add_ps(
-        _mm256_mul_ps(x, c(std::f32::consts::LOG2_E)),
-        c(0.5),
-    ));
-    let r = _mm256_sub_ps(
-        _mm256_sub_ps(x, _mm256_mul_ps(n, c(LN2_HI))),
-        _mm256_mul_ps(n, c(LN2_LO)),
-    );
-    let z = _mm256_mul_ps(r, r);
-    let mut p = c(EXP_POLY[0]);
-    for &coef in &EXP_POLY[1..] {
-        p = _mm256_add_ps(_mm256_mul_ps(p, r), c(coef));
+    let t = _mm256_min_ps(c(EXP2_HI), _mm256_max_ps(c(EXP2_LO), t));
+    let n = _mm256_sub_ps(_mm256_add_ps(t, c(SHIFTER)), c(SHIFTER));
+    let f = _mm256_sub_ps(t, n);
+    let mut p = c(EXP2_POLY[0]);
+    for &coef in &EXP2_POLY[1..] {
+        p = _mm256_fmadd_ps(p, f, c(coef));
     }
-    let p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, z), r), c(1.0));
-    let n_int = _mm256_sub_epi32(
-        _mm256_castps_si256(_mm256_add_ps(n, c(SHIFTER))),
-        _mm256_set1_epi32(SHIFTER.to_bits() as i32),
-    );
-    let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(n_int, _mm256_set1_epi32(127)));
+    let p = _mm256_fmadd_ps(p, f, c(1.0));
+    let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvttps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
     _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
+}
+
+/// [`exp2`] (with fused multiply-adds) of sixteen values, with the same bits (`scalef` by the
+/// integer `n` rounds `p * 2^n` once, as the multiply does).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub unsafe fn exp2_avx512(t: __m512) -> __m512 {
+    let c = _mm512_set1_ps;
+    let t = _mm512_min_ps(c(EXP2_HI), _mm512_max_ps(c(EXP2_LO), t));
+    let n = _mm512_sub_ps(_mm512_add_ps(t, c(SHIFTER)), c(SHIFTER));
+    let f = _mm512_sub_ps(t, n);
+    let mut p = c(EXP2_POLY[0]);
+    for &coef in &EXP2_POLY[1..] {
+        p = _mm512_fmadd_ps(p, f, c(coef));
+    }
+    _mm512_scalef_ps(_mm512_fmadd_ps(p, f, c(1.0)), n)
 }
 
 /// Numerator and denominator of `erf(x) = x P(x^2) / Q(x^2)` on `|x| <= 4`, highest degree
@@ -145,38 +172,6 @@ pub unsafe fn gelu_avx2(x: __m256) -> __m256 {
     _mm256_mul_ps(_mm256_mul_ps(x, c(0.5)), _mm256_add_ps(c(1.0), e))
 }
 
-/// [`exp`] of sixteen values, with the same bits.
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-pub unsafe fn exp_avx512(x: __m512) -> __m512 {
-    let c = _mm512_set1_ps;
-    let x = _mm512_min_ps(c(EXP_HI), _mm512_max_ps(c(EXP_LO), x));
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_add_ps(
-        _mm512_mul_ps(x, c(std::f32::consts::LOG2_E)),
-        c(0.5),
-    ));
-    let r = _mm512_sub_ps(
-        _mm512_sub_ps(x, _mm512_mul_ps(n, c(LN2_HI))),
-        _mm512_mul_ps(n, c(LN2_LO)),
-    );
-    let z = _mm512_mul_ps(r, r);
-    let mut p = c(EXP_POLY[0]);
-    for &coef in &EXP_POLY[1..] {
-        p = _mm512_add_ps(_mm512_mul_ps(p, r), c(coef));
-    }
-    let p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, z), r), c(1.0));
-    let n_int = _mm512_sub_epi32(
-        _mm512_castps_si512(_mm512_add_ps(n, c(SHIFTER))),
-        _mm512_set1_epi32(SHIFTER.to_bits() as i32),
-    );
-    let pow2 = _mm512_slli_epi32::<23>(_mm512_add_epi32(n_int, _mm512_set1_epi32(127)));
-    _mm512_mul_ps(p, _mm512_castsi512_ps(pow2))
-}
-
 /// [`gelu`] of sixteen values, with the same bits.
 ///
 /// # Safety
@@ -207,19 +202,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exp_is_within_two_f32_steps() {
-        let mut worst = 0f64;
-        for i in -873_000..=880_000 {
-            let x = i as f32 * 1e-4;
-            let want = f64::from(x).exp();
-            worst = worst.max((f64::from(exp(x)) - want).abs() / want);
+    fn exp2_is_within_3_5e7() {
+        for (name, f) in [
+            ("fused", exp2::<true> as fn(f32) -> f32),
+            ("separate", exp2::<false>),
+        ] {
+            let mut worst = 0f64;
+            for i in -1_260_000..=1_270_000 {
+                let t = i as f32 * 1e-4;
+                let want = f64::from(t).exp2();
+                worst = worst.max((f64::from(f(t)) - want).abs() / want);
+            }
+            assert!(worst < 3.5e-7, "{name}: max relative error {worst}");
+            assert_eq!(f(0.0), 1.0, "{name}");
+            assert_eq!(f(-3.0), 0.125, "{name}");
+            assert_eq!(f(-1000.0), 2f32.powi(-126), "{name}");
+            assert_eq!(f(f32::NEG_INFINITY), 2f32.powi(-126), "{name}");
+            assert!(f(1000.0).is_finite(), "{name}");
+            assert!(f(f32::NAN).is_nan(), "{name}");
         }
-        assert!(worst < 2.4e-7, "max relative error {worst}");
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(-1000.0) > 0.0 && exp(-1000.0) < 1.3e-38);
-        assert!(exp(f32::NEG_INFINITY) < 1.3e-38);
-        assert!(exp(1000.0).is_finite());
-        assert!(exp(f32::NAN).is_nan());
     }
 
     #[test]
@@ -251,7 +252,7 @@ mod tests {
         assert!(gelu(f32::NAN).is_nan());
     }
 
-    /// Special values, then a dense grid over [-90, 90].
+    /// Special values, then a dense grid over [-130, 130].
     fn sample_inputs() -> Vec<f32> {
         let special = [
             f32::NAN,
@@ -259,32 +260,28 @@ mod tests {
             f32::NEG_INFINITY,
             -87.3,
             88.0,
+            -126.0,
+            -126.5,
+            127.0,
+            127.5,
+            -1000.0,
             0.0,
             -0.0,
             4.0,
         ];
-        let grid = (-900_000..=900_000).map(|i| i as f32 * 1e-4);
+        let grid = (-1_300_000..=1_300_000).map(|i| i as f32 * 1e-4);
         special.into_iter().chain(grid).collect()
     }
 
     /// Applies an eight-wide function to `xs` and compares bits with the scalar one.
     #[cfg(target_arch = "x86_64")]
     fn same_bits(scalar: fn(f32) -> f32, wide: unsafe fn(__m256) -> __m256, name: &str) {
-        if !std::arch::is_x86_feature_detected!("avx2") {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
             return;
         }
-        let special = [
-            f32::NAN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            -87.3,
-            88.0,
-            0.0,
-            -0.0,
-            4.0,
-        ];
-        let grid = (-900_000..=900_000).map(|i| i as f32 * 1e-4);
-        let xs: Vec<f32> = special.into_iter().chain(grid).collect();
+        let xs = sample_inputs();
         for chunk in xs.chunks_exact(8) {
             let mut got = [0f32; 8];
             // SAFETY: the CPU supports AVX2; both pointers hold 8 values.
@@ -298,7 +295,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_versions_give_the_same_bits() {
-        same_bits(exp, exp_avx2, "exp");
+        same_bits(exp2::<true>, exp2_avx2, "exp2");
         same_bits(erf, erf_avx2, "erf");
         same_bits(gelu, gelu_avx2, "gelu");
     }
@@ -311,9 +308,9 @@ mod tests {
         }
         for (name, scalar, wide) in [
             (
-                "exp",
-                exp as fn(f32) -> f32,
-                exp_avx512 as unsafe fn(__m512) -> __m512,
+                "exp2",
+                exp2::<true> as fn(f32) -> f32,
+                exp2_avx512 as unsafe fn(__m512) -> __m512,
             ),
             ("gelu", gelu, gelu_avx512),
         ] {

@@ -43,8 +43,6 @@ pub struct Workspace {
     pub(crate) x: Vec<f32>,
     /// Fused query/key/value `[T, 3H]`.
     pub(crate) qkv: Vec<f32>,
-    /// Keys transposed per sequence and head `[T * H]` (also used by the branch at width W).
-    pub(crate) kt: Vec<f32>,
     /// Attention context `[T, H]`.
     pub(crate) ctx: Vec<f32>,
     /// Output of attn_out / ffn_out before the residual, `[T, H]`.
@@ -53,7 +51,7 @@ pub struct Workspace {
     pub(crate) ffn: Vec<f32>,
     /// Quantized activations of an int8 linear's input.
     pub(crate) quant: QuantScratch,
-    /// Attention scores, one row of up to `max_len` per parallel task.
+    /// Attention scratch (a tile's queries and scores) per parallel task.
     pub(crate) scores: Vec<f32>,
     /// Branch hidden states, keys and values `[T, W]`.
     pub(crate) bh: Vec<f32>,
@@ -73,7 +71,6 @@ impl Workspace {
         let (h, f, w) = (d.hidden, d.intermediate, d.branch_width);
         fit(&mut self.x, tokens * h);
         fit(&mut self.qkv, tokens * 3 * h);
-        fit(&mut self.kt, tokens * h.max(w));
         fit(&mut self.ctx, tokens * h);
         fit(&mut self.tmp, tokens * h);
         fit(&mut self.ffn, tokens * f);
