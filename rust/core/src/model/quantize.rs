@@ -3,10 +3,12 @@
 //! Computes exactly what [`crate::quant::quantize_activations_into`] computes (the scheme of
 //! docs/bundle.md: range widened to include 0, `s = (max - min) / 255`, `zp = round(-min / s)`,
 //! `q = clamp(round(x / s) + zp, 0, 255)`, rounding half away from zero), bit for bit, which a test
-//! checks on random and edge-case rows. It is a separate implementation because it is on the hot
-//! path: the row's min, max and finiteness are reduced in 8 lanes, and `round(x / s)` is computed
-//! as `t = trunc(y); t + sign(y) if |y - t| >= 0.5` (exact: `y - t` and `t +- 1` are representable),
-//! which compiles to vector instructions where `f32::round` is a library call per element.
+//! checks for every kernel on random and edge-case rows. It is a separate implementation because it
+//! is on the hot path: the row's min, max and finiteness are reduced in lanes, and `round(x / s)`
+//! is computed as `t = trunc(y); t + sign(y) if |y - t| >= 0.5` (exact: `y - t` and `t +- 1` are
+//! representable), which compiles to vector instructions where `f32::round` is a library call per
+//! element. Kernels: AVX-512 (16 lanes, written with intrinsics, masked tails), and the portable
+//! code, which the compiler vectorizes to 8 lanes when built for AVX2.
 
 use crate::quant::QuantError;
 
@@ -22,14 +24,62 @@ pub fn quantize_activations_into(
     scales: &mut [f32],
     zero_points: &mut [u8],
 ) -> Result<(), QuantError> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, the only feature `quantize_avx2` is compiled for.
-        return unsafe { quantize_avx2(x, rows, k, q, scales, zero_points) };
-    }
-    quantize_generic(x, rows, k, q, scales, zero_points)
+    quantize_with(Kernel::best(), x, rows, k, q, scales, zero_points)
 }
 
+/// The implementations, widest first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    fn best() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
+}
+
+/// [`quantize_activations_into`] with `kernel`, which the CPU must support (checked).
+fn quantize_with(
+    kernel: Kernel,
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    q: &mut [u8],
+    scales: &mut [f32],
+    zero_points: &mut [u8],
+) -> Result<(), QuantError> {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => {
+            assert!(std::arch::is_x86_feature_detected!("avx512f"));
+            // SAFETY: the CPU supports AVX-512F, the only feature `quantize_avx512` needs.
+            unsafe { quantize_avx512(x, rows, k, q, scales, zero_points) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => {
+            assert!(std::arch::is_x86_feature_detected!("avx2"));
+            // SAFETY: the CPU supports AVX2, the only feature `quantize_avx2` is compiled for.
+            unsafe { quantize_avx2(x, rows, k, q, scales, zero_points) }
+        }
+        Kernel::Portable => quantize_rows(x, rows, k, q, scales, zero_points, quantize_row),
+    }
+}
+
+/// The portable code compiled for AVX2 (it vectorizes to eight lanes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn quantize_avx2(
@@ -40,17 +90,36 @@ fn quantize_avx2(
     scales: &mut [f32],
     zero_points: &mut [u8],
 ) -> Result<(), QuantError> {
-    quantize_generic(x, rows, k, q, scales, zero_points)
+    quantize_rows(x, rows, k, q, scales, zero_points, quantize_row)
 }
 
-#[inline(always)]
-fn quantize_generic(
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn quantize_avx512(
     x: &[f32],
     rows: usize,
     k: usize,
     q: &mut [u8],
     scales: &mut [f32],
     zero_points: &mut [u8],
+) -> Result<(), QuantError> {
+    // SAFETY: AVX-512F is enabled.
+    quantize_rows(x, rows, k, q, scales, zero_points, |x, q| unsafe {
+        quantize_row_avx512(x, q)
+    })
+}
+
+/// Checks the shapes, then quantizes row by row with `row` (which returns `(scale, zero_point)`
+/// or the column of the first non-finite value).
+#[inline(always)]
+fn quantize_rows(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    q: &mut [u8],
+    scales: &mut [f32],
+    zero_points: &mut [u8],
+    row: impl Fn(&[f32], &mut [u8]) -> Result<(f32, u8), usize>,
 ) -> Result<(), QuantError> {
     let expect = |what, expected: usize, got: usize| {
         if expected == got {
@@ -72,17 +141,35 @@ fn quantize_generic(
     expect("activation zero points", rows, zero_points.len())?;
     for t in 0..rows {
         let xr = &x[t * k..(t + 1) * k];
-        let (s, zp) =
-            quantize_row(xr, &mut q[t * k..(t + 1) * k]).map_err(|col| QuantError::NonFinite {
-                what: "activation",
-                row: t,
-                col,
-                value: xr[col],
-            })?;
+        let (s, zp) = row(xr, &mut q[t * k..(t + 1) * k]).map_err(|col| QuantError::NonFinite {
+            what: "activation",
+            row: t,
+            col,
+            value: xr[col],
+        })?;
         scales[t] = s;
         zero_points[t] = zp;
     }
     Ok(())
+}
+
+const QMAX: f32 = 255.0;
+
+/// Scale and zero point of a finite row whose minimum and maximum, each widened to include 0,
+/// are `lo` and `hi`; `None` for an all-zero row.
+#[inline(always)]
+fn row_params(lo: f32, hi: f32) -> Option<(f32, f32)> {
+    if lo == 0.0 && hi == 0.0 {
+        return None;
+    }
+    let range = hi - lo;
+    let scale = if range.is_finite() {
+        range / QMAX
+    } else {
+        hi / QMAX - lo / QMAX
+    };
+    let scale = scale.max(f32::MIN_POSITIVE);
+    Some((scale, (-lo / scale).round().clamp(0.0, QMAX)))
 }
 
 /// One row: returns `(scale, zero_point)`, or the column of the first non-finite value.
@@ -116,19 +203,10 @@ fn quantize_row(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usize> {
     if bad.is_nan() {
         return Err(x.iter().position(|v| !v.is_finite()).unwrap_or(0));
     }
-    if lo == 0.0 && hi == 0.0 {
+    let Some((scale, zp)) = row_params(lo, hi) else {
         q.fill(0);
         return Ok((1.0, 0));
-    }
-    const QMAX: f32 = 255.0;
-    let range = hi - lo;
-    let scale = if range.is_finite() {
-        range / QMAX
-    } else {
-        hi / QMAX - lo / QMAX
     };
-    let scale = scale.max(f32::MIN_POSITIVE);
-    let zp = (-lo / scale).round().clamp(0.0, QMAX);
     for (qi, &v) in q.iter_mut().zip(x) {
         let y = v / scale;
         let t = y.trunc();
@@ -146,20 +224,111 @@ fn quantize_row(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usize> {
     Ok((scale, zp as u8))
 }
 
+/// [`quantize_row`] sixteen values at a time, with the same operations (the same bits); the
+/// last partial vector is loaded and stored under a mask.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usize> {
+    use std::arch::x86_64::*;
+    const L: usize = 16;
+    let n = x.len();
+    assert_eq!(q.len(), n);
+    let body = n / L * L;
+    let tail: __mmask16 = ((1u32 << (n - body)) - 1) as u16;
+    let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
+    // SAFETY (every block): full vectors cover `0..body`, the masked one `body..n`.
+    let load = |i: usize| unsafe {
+        if i < body {
+            _mm512_loadu_ps(xp.add(i))
+        } else {
+            _mm512_maskz_loadu_ps(tail, xp.add(i))
+        }
+    };
+    let zero = _mm512_setzero_ps();
+    let (mut lo, mut hi, mut bad) = (zero, zero, zero);
+    for i in (0..n).step_by(L) {
+        let v = load(i);
+        // minps(v, lo) is `v < lo ? v : lo`, the portable comparison; masked lanes read 0,
+        // which the range includes anyway.
+        lo = _mm512_min_ps(v, lo);
+        hi = _mm512_max_ps(v, hi);
+        bad = _mm512_add_ps(bad, _mm512_mul_ps(v, zero));
+    }
+    if _mm512_reduce_add_ps(bad).is_nan() {
+        return Err(x.iter().position(|v| !v.is_finite()).unwrap_or(0));
+    }
+    let Some((scale, zp)) = row_params(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)) else {
+        q.fill(0);
+        return Ok((1.0, 0));
+    };
+    let (sv, zv, one, half, qmax) = (
+        _mm512_set1_ps(scale),
+        _mm512_set1_ps(zp),
+        _mm512_set1_ps(1.0),
+        _mm512_set1_ps(0.5),
+        _mm512_set1_ps(QMAX),
+    );
+    for i in (0..n).step_by(L) {
+        let y = _mm512_div_ps(load(i), sv);
+        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+        let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(y, t)), half);
+        let up = away & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, zero);
+        let down = away & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(y, zero);
+        let r = _mm512_mask_sub_ps(_mm512_mask_add_ps(t, up, t, one), down, t, one);
+        let c = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zv), zero), qmax);
+        let c = _mm512_cvttps_epi32(c);
+        // SAFETY: as for the loads; `q` has `n` bytes.
+        unsafe {
+            if i < body {
+                _mm_storeu_si128(qp.add(i).cast(), _mm512_cvtusepi32_epi8(c));
+            } else {
+                _mm512_mask_cvtusepi32_storeu_epi8(qp.add(i).cast(), tail, c);
+            }
+        }
+    }
+    Ok((scale, zp as u8))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::test_rng::SplitMix64;
 
+    /// The kernels this CPU runs.
+    fn kernels() -> Vec<Kernel> {
+        let mut all = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                all.push(Kernel::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                all.push(Kernel::Avx512);
+            }
+        }
+        all
+    }
+
+    /// Every kernel against the reference quantizer.
     fn both(x: &[f32], rows: usize, k: usize) {
+        for kernel in kernels() {
+            one(kernel, x, rows, k);
+        }
+    }
+
+    fn one(kernel: Kernel, x: &[f32], rows: usize, k: usize) {
         let (mut q1, mut s1, mut z1) = (vec![7u8; rows * k], vec![0f32; rows], vec![9u8; rows]);
         let (mut q2, mut s2, mut z2) = (q1.clone(), s1.clone(), z1.clone());
-        let a = quantize_activations_into(x, rows, k, &mut q1, &mut s1, &mut z1);
+        let a = quantize_with(kernel, x, rows, k, &mut q1, &mut s1, &mut z1);
         let b = crate::quant::quantize_activations_into(x, rows, k, &mut q2, &mut s2, &mut z2);
         // Debug text, since NaN values in errors never compare equal.
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         if a.is_ok() {
-            assert_eq!(q1, q2);
+            assert_eq!(q1, q2, "{kernel:?}");
             assert_eq!(
                 s1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 s2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
@@ -171,7 +340,17 @@ mod tests {
     #[test]
     fn bit_identical_to_the_reference_quantizer() {
         let mut rng = SplitMix64::new(21);
-        for &(rows, k) in &[(1, 1), (3, 7), (5, 8), (4, 9), (9, 312), (2, 1200), (3, 33)] {
+        for &(rows, k) in &[
+            (1, 1),
+            (3, 7),
+            (5, 8),
+            (4, 9),
+            (2, 16),
+            (3, 17),
+            (9, 312),
+            (2, 1200),
+            (3, 33),
+        ] {
             for mode in 0..4 {
                 let x: Vec<f32> = (0..rows * k)
                     .map(|_| match mode {
@@ -202,8 +381,10 @@ mod tests {
                 x[13 + col] = bad;
                 both(&x, 2, 13);
                 let (mut q, mut s, mut z) = (vec![0u8; 26], vec![0f32; 2], vec![0u8; 2]);
-                let e = quantize_activations_into(&x, 2, 13, &mut q, &mut s, &mut z).unwrap_err();
-                assert!(matches!(e, QuantError::NonFinite { row: 1, col: c, .. } if c == col));
+                for kernel in kernels() {
+                    let e = quantize_with(kernel, &x, 2, 13, &mut q, &mut s, &mut z).unwrap_err();
+                    assert!(matches!(e, QuantError::NonFinite { row: 1, col: c, .. } if c == col));
+                }
             }
         }
     }
