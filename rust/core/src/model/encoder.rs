@@ -11,10 +11,12 @@
 //! head: logits = classifier(tanh(pooler(x[CLS])))
 //! ```
 //!
-//! The head reads only `x[CLS]` of the last layer, so that layer runs its query and everything
-//! after the attention for the `[CLS]` rows alone (keys and values still come from every token):
-//! the same logits for about `(L - 1) / L` of the work. Exits never follow the last layer (the
-//! head answers there), so nothing else reads the rows it skips.
+//! The head reads only `x[CLS]` of the last layer, so that layer runs its attention queries and
+//! everything after them for the `[CLS]` rows alone (keys and values still come from every
+//! token). A light branch (`classifier(x[CLS])`) reads only `x[CLS]` too, so a layer followed by
+//! one finishes the `[CLS]` rows first, lets the rows under `speed` exit, and completes the layer
+//! for the rows that go on: an exiting row skips the rest of its exit layer. (A FastBERT branch
+//! attends over every token, so its layer runs whole before the branch.)
 //!
 //! Every step is per token (embeddings, linears, LayerNorm, GELU) or per sequence (attention,
 //! branches, head), so a sequence's logits and exit layer never depend on the other sequences of
@@ -26,9 +28,10 @@ use rayon::prelude::*;
 
 use super::attention::{attention, Rows};
 use super::linear::rows_per_task;
+use super::linear::QuantScratch;
 use super::ops::{activation, add_layer_norm, layer_norm, tanh_in_place, uncertainty};
 use super::workspace::Workspace;
-use super::{Branch, EncoderLayer, LayerNormWeights, ModelWeights};
+use super::{Branch, EncoderLayer, FastBertBranch, LayerNormWeights, ModelWeights};
 use crate::cpu::KernelKind;
 use crate::error::Result;
 
@@ -70,37 +73,58 @@ pub(crate) fn forward(
     ws.index_tokens();
     embed(model, ws, tokens);
 
+    let mut out = Outputs {
+        logits: logits_out,
+        exits: exit_out,
+    };
     let early = speed > 0.0 && !d.regression;
     let last = model.layers.len().saturating_sub(1);
     for (l, layer) in model.layers.iter().enumerate() {
-        if l == last {
-            last_layer_cls(model, layer, l, ws, tokens, seqs, kernel)?;
-            break;
-        }
-        encoder_layer(model, layer, l, ws, tokens, kernel)?;
-        if !early {
-            continue;
-        }
-        let Some(exit) = model.exits.iter().find(|e| e.layer == l + 1) else {
-            continue;
+        let exit = early
+            .then(|| model.exits.iter().find(|e| e.layer == l + 1))
+            .flatten();
+        qkv(layer, l, ws, tokens, kernel)?;
+        let light = match exit.map(|e| &e.branch) {
+            Some(Branch::Linear { classifier }) => Some(classifier),
+            _ => None,
         };
-        branch_logits(model, &exit.branch, ws, tokens, seqs);
-        (seqs, tokens) = exit_and_compact(ws, h, c, l + 1, speed, logits_out, exit_out);
-        if seqs == 0 {
-            return Ok(());
+        if l == last || light.is_some() {
+            cls_rows(model, layer, l, ws, seqs, kernel)?;
+            let Some(classifier) = light else {
+                break;
+            };
+            classifier.forward(&ws.xc[..seqs * h], seqs, &mut ws.logits);
+            (seqs, tokens) = exit_and_compact(ws, h, c, l + 1, speed, &mut out, true);
+            if seqs == 0 {
+                return Ok(());
+            }
+        }
+        rest_of_layer(model, layer, l, ws, tokens, kernel)?;
+        if let Some(Branch::FastBert(fb)) = exit.map(|e| &e.branch) {
+            fastbert_logits(model, fb, ws, tokens, seqs);
+            (seqs, tokens) = exit_and_compact(ws, h, c, l + 1, speed, &mut out, false);
+            if seqs == 0 {
+                return Ok(());
+            }
         }
     }
 
     if model.layers.is_empty() {
-        pack_cls(ws, h, seqs);
+        gather_cls(&ws.x, h, h, &ws.offsets, &mut ws.xc[..seqs * h]);
     }
     head_logits(model, ws, seqs);
     for s in 0..seqs {
         let row = ws.seq_row[s];
-        logits_out[row * c..(row + 1) * c].copy_from_slice(&ws.logits[s * c..(s + 1) * c]);
-        exit_out[row] = d.layers;
+        out.logits[row * c..(row + 1) * c].copy_from_slice(&ws.logits[s * c..(s + 1) * c]);
+        out.exits[row] = d.layers;
     }
     Ok(())
+}
+
+/// Where finished rows' logits (`[rows, C]`) and 1-based exit layers go, by input row.
+struct Outputs<'a> {
+    logits: &'a mut [f32],
+    exits: &'a mut [usize],
 }
 
 impl Workspace {
@@ -172,16 +196,15 @@ fn par_map_rows(buf: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + S
     buf.par_chunks_mut(chunk * width).for_each(f);
 }
 
-fn encoder_layer(
-    model: &ModelWeights,
+/// `qkv = x @ qkv^T + b` for the `t` token rows.
+fn qkv(
     layer: &EncoderLayer,
     l: usize,
     ws: &mut Workspace,
-    tokens: usize,
+    t: usize,
     kernel: KernelKind,
 ) -> Result<()> {
-    let d = &model.dims;
-    let (h, t) = (d.hidden, tokens);
+    let h = layer.qkv.k();
     layer.qkv.forward(
         &ws.x[..t * h],
         t,
@@ -192,7 +215,20 @@ fn encoder_layer(
             layer: l,
             linear: "qkv",
         },
-    )?;
+    )
+}
+
+/// The layer after `qkv` for every token row: `x` becomes the layer's output.
+fn rest_of_layer(
+    model: &ModelWeights,
+    layer: &EncoderLayer,
+    l: usize,
+    ws: &mut Workspace,
+    t: usize,
+    kernel: KernelKind,
+) -> Result<()> {
+    let d = &model.dims;
+    let h = d.hidden;
     let qkv = &ws.qkv[..t * 3 * h];
     let rows = |col| Rows {
         data: qkv,
@@ -210,33 +246,33 @@ fn encoder_layer(
         &mut ws.scores,
         &mut ws.ctx[..t * h],
     );
-    after_attention(model, layer, l, ws, t, kernel)
+    let x = &mut ws.x[..t * h];
+    after_attention(
+        model,
+        layer,
+        l,
+        x,
+        &ws.ctx,
+        &mut ws.tmp,
+        &mut ws.ffn,
+        &mut ws.quant,
+        kernel,
+    )
 }
 
-/// The last layer for the `[CLS]` rows only (see the module docs); leaves their hidden states in
-/// `x[..b * H]`, sequence by sequence.
-fn last_layer_cls(
+/// The layer after `qkv` for the `[CLS]` rows of the `b` sequences only (see the module docs):
+/// their outputs go to `xc`, `x` keeps the layer's input.
+fn cls_rows(
     model: &ModelWeights,
     layer: &EncoderLayer,
     l: usize,
     ws: &mut Workspace,
-    tokens: usize,
     b: usize,
     kernel: KernelKind,
 ) -> Result<()> {
     let d = &model.dims;
-    let (h, t) = (d.hidden, tokens);
-    layer.qkv.forward(
-        &ws.x[..t * h],
-        t,
-        &mut ws.qkv[..t * 3 * h],
-        &mut ws.quant,
-        kernel,
-        &Site {
-            layer: l,
-            linear: "qkv",
-        },
-    )?;
+    let h = d.hidden;
+    let t = ws.offsets[b];
     let qkv = &ws.qkv[..t * 3 * h];
     gather_cls(qkv, 3 * h, h, &ws.offsets, &mut ws.cls_a[..b * h]);
     let rows = |data, stride, col| Rows { data, stride, col };
@@ -251,72 +287,54 @@ fn last_layer_cls(
         &mut ws.scores,
         &mut ws.ctx[..b * h],
     );
-    pack_cls(ws, h, b);
-    after_attention(model, layer, l, ws, b, kernel)
+    gather_cls(&ws.x, h, h, &ws.offsets, &mut ws.xc[..b * h]);
+    let x = &mut ws.xc[..b * h];
+    after_attention(
+        model,
+        layer,
+        l,
+        x,
+        &ws.ctx,
+        &mut ws.tmp,
+        &mut ws.ffn,
+        &mut ws.quant,
+        kernel,
+    )
 }
 
-/// Moves the `[CLS]` row of each sequence of `x` to row `s` (in place: row `s` never lies after
-/// sequence `s`'s first token, nor after any later sequence's).
-fn pack_cls(ws: &mut Workspace, h: usize, b: usize) {
-    for s in 0..b {
-        let start = ws.offsets[s] * h;
-        ws.x.copy_within(start..start + h, s * h);
-    }
-}
-
-/// The rest of a layer on `t` rows of `ctx` (attention output) and `x` (its input):
-/// `x = LayerNorm(x + ctx @ attn_out^T + b)`, then the feed-forward block.
+/// The rest of a layer on the rows of `x` (the layer's input) and `ctx` (their attention
+/// output): `x = LayerNorm(x + ctx @ attn_out^T + b)`, then the feed-forward block; `tmp` and
+/// `ffn` are scratch.
+#[allow(clippy::too_many_arguments)]
 fn after_attention(
     model: &ModelWeights,
     layer: &EncoderLayer,
     l: usize,
-    ws: &mut Workspace,
-    t: usize,
+    x: &mut [f32],
+    ctx: &[f32],
+    tmp: &mut [f32],
+    ffn: &mut [f32],
+    quant: &mut QuantScratch,
     kernel: KernelKind,
 ) -> Result<()> {
     let d = &model.dims;
     let (h, f) = (d.hidden, d.intermediate);
+    let t = x.len() / h;
+    let (ctx, tmp, ffn) = (&ctx[..t * h], &mut tmp[..t * h], &mut ffn[..t * f]);
     let site = |linear| Site { layer: l, linear };
-    layer.attn_out.forward(
-        &ws.ctx[..t * h],
-        t,
-        &mut ws.tmp[..t * h],
-        &mut ws.quant,
-        kernel,
-        &site("attn_out"),
-    )?;
-    residual_norm(
-        &mut ws.x[..t * h],
-        &ws.tmp[..t * h],
-        h,
-        &layer.attn_norm,
-        d.eps,
-    );
-    layer.ffn_in.forward(
-        &ws.x[..t * h],
-        t,
-        &mut ws.ffn[..t * f],
-        &mut ws.quant,
-        kernel,
-        &site("ffn_in"),
-    )?;
+    layer
+        .attn_out
+        .forward(ctx, t, tmp, quant, kernel, &site("attn_out"))?;
+    residual_norm(x, tmp, h, &layer.attn_norm, d.eps);
+    layer
+        .ffn_in
+        .forward(x, t, ffn, quant, kernel, &site("ffn_in"))?;
     let act = d.act;
-    par_map_rows(&mut ws.ffn[..t * f], f, |rows| activation(rows, act));
-    layer.ffn_out.forward(
-        &ws.ffn[..t * f],
-        t,
-        &mut ws.tmp[..t * h],
-        &mut ws.quant,
-        kernel,
-        &site("ffn_out"),
-    )?;
-    residual_norm(
-        &mut ws.x[..t * h],
-        &ws.tmp[..t * h],
-        h,
-        &layer.ffn_norm,
-        d.eps,
-    );
+    par_map_rows(ffn, f, |rows| activation(rows, act));
+    layer
+        .ffn_out
+        .forward(ffn, t, tmp, quant, kernel, &site("ffn_out"))?;
+    residual_norm(x, tmp, h, &layer.ffn_norm, d.eps);
     Ok(())
 }
 
@@ -333,61 +351,59 @@ fn gather_cls(src: &[f32], stride: usize, width: usize, offsets: &[usize], dst: 
     }
 }
 
-/// The branch's logits for every running sequence, into `ws.logits` (`[B, C]`).
-fn branch_logits(model: &ModelWeights, branch: &Branch, ws: &mut Workspace, t: usize, b: usize) {
+/// A FastBERT branch's logits for every running sequence, into `ws.logits` (`[B, C]`).
+fn fastbert_logits(
+    model: &ModelWeights,
+    fb: &FastBertBranch,
+    ws: &mut Workspace,
+    t: usize,
+    b: usize,
+) {
     let h = model.dims.hidden;
-    match branch {
-        Branch::Linear { classifier } => {
-            gather_cls(&ws.x[..t * h], h, h, &ws.offsets, &mut ws.cls_a[..b * h]);
-            classifier.forward(&ws.cls_a[..b * h], b, &mut ws.logits);
-        }
-        Branch::FastBert(fb) => {
-            let w = fb.dense_in.n();
-            // h = tanh(x @ dense_in^T + b) on every token.
-            fb.dense_in.forward(&ws.x[..t * h], t, &mut ws.bh[..t * w]);
-            par_map_rows(&mut ws.bh[..t * w], w, tanh_in_place);
-            // Self-attention: keys and values of every token, the query of [CLS] only (the branch
-            // reads nothing but h[CLS] afterwards).
-            fb.key.forward(&ws.bh[..t * w], t, &mut ws.bk[..t * w]);
-            fb.value.forward(&ws.bh[..t * w], t, &mut ws.bv[..t * w]);
-            gather_cls(&ws.bh[..t * w], w, w, &ws.offsets, &mut ws.cls_a[..b * w]);
-            fb.query
-                .forward(&ws.cls_a[..b * w], b, &mut ws.cls_b[..b * w]);
-            let rows = |data| Rows {
-                data,
-                stride: w,
-                col: 0,
-            };
-            attention(
-                rows(&ws.cls_b[..b * w]),
-                rows(&ws.bk[..t * w]),
-                rows(&ws.bv[..t * w]),
-                w,
-                model.dims.branch_heads,
-                &ws.offsets,
-                &ws.seq_ident[..b],
-                &mut ws.scores,
-                &mut ws.cls_a[..b * w],
-            );
-            fb.attn_out
-                .forward(&ws.cls_a[..b * w], b, &mut ws.cls_b[..b * w]);
-            // c = tanh(h[CLS] @ dense^T + b); logits = c @ classifier^T + b.
-            fb.dense
-                .forward(&ws.cls_b[..b * w], b, &mut ws.cls_a[..b * w]);
-            tanh_in_place(&mut ws.cls_a[..b * w]);
-            fb.classifier.forward(&ws.cls_a[..b * w], b, &mut ws.logits);
-        }
-    }
+    let w = fb.dense_in.n();
+    // h = tanh(x @ dense_in^T + b) on every token.
+    fb.dense_in.forward(&ws.x[..t * h], t, &mut ws.bh[..t * w]);
+    par_map_rows(&mut ws.bh[..t * w], w, tanh_in_place);
+    // Self-attention: keys and values of every token, the query of [CLS] only (the branch
+    // reads nothing but h[CLS] afterwards).
+    fb.key.forward(&ws.bh[..t * w], t, &mut ws.bk[..t * w]);
+    fb.value.forward(&ws.bh[..t * w], t, &mut ws.bv[..t * w]);
+    gather_cls(&ws.bh[..t * w], w, w, &ws.offsets, &mut ws.cls_a[..b * w]);
+    fb.query
+        .forward(&ws.cls_a[..b * w], b, &mut ws.cls_b[..b * w]);
+    let rows = |data| Rows {
+        data,
+        stride: w,
+        col: 0,
+    };
+    attention(
+        rows(&ws.cls_b[..b * w]),
+        rows(&ws.bk[..t * w]),
+        rows(&ws.bv[..t * w]),
+        w,
+        model.dims.branch_heads,
+        &ws.offsets,
+        &ws.seq_ident[..b],
+        &mut ws.scores,
+        &mut ws.cls_a[..b * w],
+    );
+    fb.attn_out
+        .forward(&ws.cls_a[..b * w], b, &mut ws.cls_b[..b * w]);
+    // c = tanh(h[CLS] @ dense^T + b); logits = c @ classifier^T + b.
+    fb.dense
+        .forward(&ws.cls_b[..b * w], b, &mut ws.cls_a[..b * w]);
+    tanh_in_place(&mut ws.cls_a[..b * w]);
+    fb.classifier.forward(&ws.cls_a[..b * w], b, &mut ws.logits);
 }
 
 /// `classifier(tanh(pooler(x[CLS])))` for every running sequence, into `ws.logits`; the `[CLS]`
-/// rows are `x[..b * H]` (see [`last_layer_cls`], [`pack_cls`]).
+/// rows are `xc[..b * H]` (see [`cls_rows`]).
 fn head_logits(model: &ModelWeights, ws: &mut Workspace, b: usize) {
     let h = model.dims.hidden;
     model
         .head
         .pooler
-        .forward(&ws.x[..b * h], b, &mut ws.cls_b[..b * h]);
+        .forward(&ws.xc[..b * h], b, &mut ws.cls_b[..b * h]);
     tanh_in_place(&mut ws.cls_b[..b * h]);
     model
         .head
@@ -397,15 +413,16 @@ fn head_logits(model: &ModelWeights, ws: &mut Workspace, b: usize) {
 
 /// Finishes the sequences whose branch uncertainty is `< speed` (their logits and `layer` go to
 /// the outputs, at their input row) and compacts the rest: hidden states move down over the
-/// finished ones, offsets and rows are rewritten. Returns the new `(sequences, tokens)`.
+/// finished ones (and so do their `qkv` rows, when `with_qkv`: the layer is not finished yet),
+/// offsets and rows are rewritten. Returns the new `(sequences, tokens)`.
 fn exit_and_compact(
     ws: &mut Workspace,
     h: usize,
     c: usize,
     layer: usize,
     speed: f32,
-    logits_out: &mut [f32],
-    exit_out: &mut [usize],
+    out: &mut Outputs,
+    with_qkv: bool,
 ) -> (usize, usize) {
     let b = ws.seq_row.len();
     let speed = f64::from(speed);
@@ -417,11 +434,15 @@ fn exit_and_compact(
         let row = ws.seq_row[s];
         let logits = &ws.logits[s * c..(s + 1) * c];
         if uncertainty(logits) < speed {
-            logits_out[row * c..(row + 1) * c].copy_from_slice(logits);
-            exit_out[row] = layer;
+            out.logits[row * c..(row + 1) * c].copy_from_slice(logits);
+            out.exits[row] = layer;
         } else {
             if new_t != start {
                 ws.x.copy_within(start * h..end * h, new_t * h);
+                if with_qkv {
+                    ws.qkv
+                        .copy_within(start * 3 * h..end * 3 * h, new_t * 3 * h);
+                }
             }
             new_t += end - start;
             ws.seq_row[kept] = row;

@@ -43,6 +43,9 @@ pub struct Workspace {
     pub(crate) x: Vec<f32>,
     /// Fused query/key/value `[T, 3H]`.
     pub(crate) qkv: Vec<f32>,
+    /// Layer outputs of the `[CLS]` rows only, `[B, H]` (the last layer's, or one followed by a
+    /// light branch).
+    pub(crate) xc: Vec<f32>,
     /// Attention context `[T, H]`.
     pub(crate) ctx: Vec<f32>,
     /// Output of attn_out / ffn_out before the residual, `[T, H]`.
@@ -71,6 +74,7 @@ impl Workspace {
         let (h, f, w) = (d.hidden, d.intermediate, d.branch_width);
         fit(&mut self.x, tokens * h);
         fit(&mut self.qkv, tokens * 3 * h);
+        fit(&mut self.xc, seqs * h);
         fit(&mut self.ctx, tokens * h);
         fit(&mut self.tmp, tokens * h);
         fit(&mut self.ffn, tokens * f);
