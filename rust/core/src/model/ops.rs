@@ -72,13 +72,15 @@ pub fn activation(x: &mut [f32], act: Activation) {
                 return;
             }
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2, the only feature `gelu_in_place_avx2` needs.
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU supports AVX2 and FMA, the features `gelu_in_place_avx2` needs.
                 unsafe { gelu_in_place_avx2(x) };
                 return;
             }
             for v in x {
-                *v = vmath::gelu(*v);
+                *v = vmath::gelu::<false>(*v);
             }
         }
         Activation::GeluNew => {
@@ -89,9 +91,9 @@ pub fn activation(x: &mut [f32], act: Activation) {
     }
 }
 
-/// [`vmath::gelu`] in place, eight values at a time (the same bits).
+/// [`vmath::gelu`] (with fused multiply-adds) in place, eight values at a time.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn gelu_in_place_avx2(x: &mut [f32]) {
     use std::arch::x86_64::*;
     let mut chunks = x.chunks_exact_mut(8);
@@ -105,11 +107,11 @@ fn gelu_in_place_avx2(x: &mut [f32]) {
         };
     }
     for v in chunks.into_remainder() {
-        *v = vmath::gelu(*v);
+        *v = vmath::gelu::<true>(*v);
     }
 }
 
-/// [`vmath::gelu`] in place, sixteen values at a time (the same bits).
+/// [`vmath::gelu`] (with fused multiply-adds) in place, sixteen values at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn gelu_in_place_avx512(x: &mut [f32]) {
@@ -125,7 +127,7 @@ fn gelu_in_place_avx512(x: &mut [f32]) {
         };
     }
     for v in chunks.into_remainder() {
-        *v = vmath::gelu(*v);
+        *v = vmath::gelu::<true>(*v);
     }
 }
 

@@ -1,8 +1,10 @@
 //! Branch-free f32 math for the forward pass's hot loops: `exp2` (attention softmax) and `erf`
 //! (GELU), each as a scalar function and AVX2 / AVX-512 functions that perform the same
 //! operations in the same order, so that every version gives the same bits and a vectorized loop
-//! may finish its tail with the scalar one. `erf` uses no fused multiply-adds; `exp2` uses them
-//! when its `FMA` parameter says so (the vector versions always do: they equal `exp2::<true>`).
+//! may finish its tail with the scalar one. The polynomials' steps are fused multiply-adds when
+//! the scalar functions' `FMA` parameter says so; the vector versions always use them (they equal
+//! the `::<true>` scalar versions), the portable build does not (a fused multiply-add without
+//! hardware support is a slow library call).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -37,9 +39,7 @@ pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 
 /// `2^t` within 3.5e-7 relative error for `-126 <= t <= 127` (clamped outside; NaN stays NaN):
 /// `t = n + f` with `n` the nearest integer, a polynomial for `2^f`, `2^n` built in the exponent
-/// bits. With `FMA` the polynomial's steps are fused multiply-adds, as in [`exp2_avx2`] and
-/// [`exp2_avx512`] (which give `exp2::<true>`'s bits); without, separate multiplies and adds
-/// (the portable build: a fused multiply-add without hardware support is a slow library call).
+/// bits. [`exp2_avx2`] and [`exp2_avx512`] give `exp2::<true>`'s bits.
 #[inline(always)]
 pub fn exp2<const FMA: bool>(t: f32) -> f32 {
     // Comparisons rather than `clamp`: NaN passes through, as in the vector versions.
@@ -123,22 +123,26 @@ const ERF_Q: [f32; 6] = [
 
 /// The error function: [`ERF_P`] / [`ERF_Q`] evaluated in f32 on `x` clamped to `[-4, 4]`
 /// (`1 - erf(4) < 2e-8`), the result clamped to `[-1, 1]`. Within 4e-7 of the true value for
-/// every input; NaN stays NaN.
+/// every input; NaN stays NaN. [`erf_avx2`] gives `erf::<true>`'s bits.
 #[inline(always)]
-pub fn erf(x: f32) -> f32 {
+pub fn erf<const FMA: bool>(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let t = x * x;
-    let p = ERF_P[1..].iter().fold(ERF_P[0], |p, &c| p * t + c);
-    let q = ERF_Q[1..].iter().fold(ERF_Q[0], |q, &c| q * t + c);
+    let p = ERF_P[1..]
+        .iter()
+        .fold(ERF_P[0], |p, &c| madd::<FMA>(p, t, c));
+    let q = ERF_Q[1..]
+        .iter()
+        .fold(ERF_Q[0], |q, &c| madd::<FMA>(q, t, c));
     (x * (p / q)).clamp(-1.0, 1.0)
 }
 
-/// [`erf`] of eight values, with the same bits.
+/// [`erf`] (with fused multiply-adds) of eight values, with the same bits.
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 pub unsafe fn erf_avx2(x: __m256) -> __m256 {
     let c = _mm256_set1_ps;
@@ -147,24 +151,25 @@ pub unsafe fn erf_avx2(x: __m256) -> __m256 {
     let t = _mm256_mul_ps(x, x);
     let (mut p, mut q) = (c(ERF_P[0]), c(ERF_Q[0]));
     for (&a, &b) in ERF_P[1..].iter().zip(&ERF_Q[1..]) {
-        p = _mm256_add_ps(_mm256_mul_ps(p, t), c(a));
-        q = _mm256_add_ps(_mm256_mul_ps(q, t), c(b));
+        p = _mm256_fmadd_ps(p, t, c(a));
+        q = _mm256_fmadd_ps(q, t, c(b));
     }
     clamp(_mm256_mul_ps(x, _mm256_div_ps(p, q)), -1.0, 1.0)
 }
 
-/// BERT's GELU, `x / 2 * (1 + erf(x / sqrt 2))`, with [`erf`].
+/// BERT's GELU, `x / 2 * (1 + erf(x / sqrt 2))`, with [`erf`]; [`gelu_avx2`] and
+/// [`gelu_avx512`] give `gelu::<true>`'s bits.
 #[inline(always)]
-pub fn gelu(x: f32) -> f32 {
-    x * 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+pub fn gelu<const FMA: bool>(x: f32) -> f32 {
+    x * 0.5 * (1.0 + erf::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// [`gelu`] of eight values, with the same bits.
+/// [`gelu`] (with fused multiply-adds) of eight values, with the same bits.
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 pub unsafe fn gelu_avx2(x: __m256) -> __m256 {
     let c = _mm256_set1_ps;
@@ -172,7 +177,7 @@ pub unsafe fn gelu_avx2(x: __m256) -> __m256 {
     _mm256_mul_ps(_mm256_mul_ps(x, c(0.5)), _mm256_add_ps(c(1.0), e))
 }
 
-/// [`gelu`] of sixteen values, with the same bits.
+/// [`gelu`] (with fused multiply-adds) of sixteen values, with the same bits.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
@@ -190,8 +195,8 @@ pub unsafe fn gelu_avx512(x: __m512) -> __m512 {
     let t = _mm512_mul_ps(y, y);
     let (mut p, mut q) = (c(ERF_P[0]), c(ERF_Q[0]));
     for (&a, &b) in ERF_P[1..].iter().zip(&ERF_Q[1..]) {
-        p = _mm512_add_ps(_mm512_mul_ps(p, t), c(a));
-        q = _mm512_add_ps(_mm512_mul_ps(q, t), c(b));
+        p = _mm512_fmadd_ps(p, t, c(a));
+        q = _mm512_fmadd_ps(q, t, c(b));
     }
     let e = clamp(_mm512_mul_ps(y, _mm512_div_ps(p, q)), -1.0, 1.0);
     _mm512_mul_ps(_mm512_mul_ps(x, c(0.5)), _mm512_add_ps(c(1.0), e))
@@ -225,6 +230,11 @@ mod tests {
 
     #[test]
     fn erf_is_within_4e7() {
+        erf_within_4e7(erf::<true>);
+        erf_within_4e7(erf::<false>);
+    }
+
+    fn erf_within_4e7(erf: fn(f32) -> f32) {
         // Against libm's erff (itself within an ulp) on a dense grid, and at the edges.
         let mut worst = 0f64;
         for i in -600_000..=600_000 {
@@ -245,6 +255,11 @@ mod tests {
 
     #[test]
     fn gelu_values() {
+        gelu_values_of(gelu::<true>);
+        gelu_values_of(gelu::<false>);
+    }
+
+    fn gelu_values_of(gelu: fn(f32) -> f32) {
         assert_eq!(gelu(0.0), 0.0);
         assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6);
         assert!((gelu(-1.0) + 0.158_655_3).abs() < 1e-6);
@@ -296,8 +311,8 @@ mod tests {
     #[test]
     fn avx2_versions_give_the_same_bits() {
         same_bits(exp2::<true>, exp2_avx2, "exp2");
-        same_bits(erf, erf_avx2, "erf");
-        same_bits(gelu, gelu_avx2, "gelu");
+        same_bits(erf::<true>, erf_avx2, "erf");
+        same_bits(gelu::<true>, gelu_avx2, "gelu");
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -312,7 +327,7 @@ mod tests {
                 exp2::<true> as fn(f32) -> f32,
                 exp2_avx512 as unsafe fn(__m512) -> __m512,
             ),
-            ("gelu", gelu, gelu_avx512),
+            ("gelu", gelu::<true>, gelu_avx512),
         ] {
             for chunk in sample_inputs().chunks_exact(16) {
                 let mut got = [0f32; 16];
