@@ -725,6 +725,7 @@ def test_minilm_export(tmp_path: Path) -> None:
     # ~2.7% (relative L2), int8 activations bring it to ~5%; logits along a random head move
     # by about that share of their scale. 15% is 3x that; accuracy is judged on SST-2 instead.
     assert np.abs(logits - expected).max() <= 3 * INT8_REL * np.abs(expected).max()
+    check_runtime_tokenizer(tmp_path / "int8", tokenizer)
     # The bundle's tokenizer.json gives the ids the checkpoint's tokenizer gives.
     bundled = Tokenizer.from_file(str(tmp_path / "int8" / "tokenizer.json"))
     pairs = list(zip(SENTENCES[:3], SENTENCES[1:], strict=True))
@@ -732,3 +733,39 @@ def test_minilm_export(tmp_path: Path) -> None:
         n = int(inputs["attention_mask"][i].sum())
         assert encoding.ids == inputs["input_ids"][i, :n].tolist()
         assert encoding.type_ids == inputs["token_type_ids"][i, :n].tolist()
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def real_texts() -> list[str]:
+    """Every sentence of the SST-2 dev and TREC test sets and the first 3,000 corpus lines, if
+    ../shared/data is there, with edge cases: non-ASCII, control characters, special-token text,
+    runs of punctuation and whitespace, a word longer than WordPiece's 100-character limit."""
+    texts = list(SENTENCES) + [
+        "", "   ", "caf\u00e9 na\u00efve \u4e2d\u6587 \u2014 \u00bfqu\u00e9?",
+        "tab\there\r\nnew\x00line\x7f", "the [MASK] was [cls] great", "...!!??--'' ## @@",
+        "x" * 101, "y" * 100, "A" * 5000,
+    ]
+    for name, column in (("sst2/dev.tsv", 0), ("trec/test.tsv", 0)):
+        path = SHARED_DATA / name
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines()[1:]
+            texts += [line.split("\t")[column] for line in lines]
+    corpus = SHARED_DATA / "corpus" / "movie_reviews.txt"
+    if corpus.exists():
+        with corpus.open(encoding="utf-8") as f:
+            texts += [line.rstrip("\n") for _, line in zip(range(3000), f, strict=False)]
+    return texts
+
+
+def check_runtime_tokenizer(bundle: Path, tokenizer: Any) -> None:
+    """``Runtime.tokenize`` (with its ASCII fast path) gives the Hugging Face tokenizer's ids."""
+    from tinyfast import Runtime
+
+    texts = real_texts()
+    got = Runtime.load(bundle).tokenize(texts)
+    expected = tokenizer(texts, truncation=True, max_length=64)["input_ids"]
+    for i, ids in enumerate(expected):
+        n = int(got["lengths"][i])
+        assert got["input_ids"][i, :n].tolist() == ids, texts[i][:200]

@@ -4,7 +4,7 @@
 //! flags. Every algorithm is testable with `cargo test` alone.
 //!
 //! The early-exit int8 runtime: [`bundle`] loads and validates a bundle (docs/bundle.md),
-//! [`tokenize`] turns texts into ids, [`model`] is the encoder with its branches and head, and
+//! [`tokenize`] turns texts into ids (with a fast path for ASCII BERT texts in `wordpiece`), [`model`] is the encoder with its branches and head, and
 //! [`runtime`] ties them together behind [`Runtime`].
 
 pub mod bundle;
@@ -16,6 +16,7 @@ pub mod model;
 pub mod quant;
 pub mod runtime;
 pub mod tokenize;
+mod wordpiece;
 
 pub use bundle::Bundle;
 pub use error::{Error, Result};

@@ -6,6 +6,9 @@
 //! `tokenizers` package does with `truncation=True, max_length=max_length`. An empty text gives
 //! `[CLS] [SEP]`. The tokenizer's own truncation and padding settings in `tokenizer.json` are
 //! replaced: truncation by the bundle's, padding by none (the runtime never pads).
+//!
+//! Single ASCII texts take [`crate::wordpiece`]'s fast path when `tokenizer.json` is a standard
+//! BERT WordPiece pipeline; it gives the same ids as `tokenizers`, which handles everything else.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -18,6 +21,7 @@ use tokenizers::{
 
 use crate::config::BundleConfig;
 use crate::error::{Error, Result};
+use crate::wordpiece::FastWordPiece;
 
 /// One input of a prediction: a text or a pair of texts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,12 +169,15 @@ impl<'a> TokenBatch<'a> {
 pub struct TextTokenizer {
     inner: Tokenizer,
     max_length: usize,
+    /// The ASCII fast path, when `tokenizer.json` allows it.
+    fast: Option<FastWordPiece>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TextTokenizer")
             .field("max_length", &self.max_length)
+            .field("fast_path", &self.fast.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -218,7 +225,25 @@ impl TextTokenizer {
             .with_truncation(None)
             .map_err(|e| Error::bundle(path, format!("cannot reset truncation: {e}")))?;
         inner.with_padding(None);
-        Ok(TextTokenizer { inner, max_length })
+        // Read again as JSON for the fast path (the file was valid just above).
+        let fast = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|json| FastWordPiece::from_json(&json));
+        Ok(TextTokenizer {
+            inner,
+            max_length,
+            fast,
+        })
+    }
+
+    /// Whether single ASCII texts take the fast path (see the module docs).
+    pub fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Turns the fast path off (to compare it with `tokenizers`).
+    pub fn disable_fast_path(&mut self) {
+        self.fast = None;
     }
 
     /// Tokens per text or pair, special tokens included.
@@ -279,6 +304,13 @@ impl TextTokenizer {
             Input::Single(a) => (a, None),
             Input::Pair(a, b) => (a, Some(b)),
         };
+        if let (Some(fast), None) = (&self.fast, second) {
+            // `[CLS] a [SEP]`: two special tokens.
+            if let Some(ids) = fast.encode(first, self.max_length.saturating_sub(2)) {
+                let types = vec![0; ids.len()];
+                return Ok((ids, types));
+            }
+        }
         let a = tok.encode_fast(first, false).map_err(fail)?;
         let b = match second {
             Some(text) => {
