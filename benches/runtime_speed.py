@@ -711,7 +711,10 @@ LAYER_MODEL = (
     "branches' own cost, the pooler and head (which rows that exit skip), batch compaction and "
     "the fixed cost of a call (Python, argument conversion, waking the threads). At batch 1 a "
     "schedule that mixes exit layers has a latency distribution with one mode per exit layer: "
-    "compare its speedup_vs_none_mean, not the p50 (which lands on one mode)"
+    "compare its speedup_vs_none_mean, not the p50 (which lands on one mode). The runtime runs "
+    "the last layer, and a layer whose light branch lets a row exit, past the query/key/value "
+    "projection for the [CLS] rows only, so a row costs less than its exit layer's count: the "
+    "measured speedup may exceed this model"
 )
 
 
