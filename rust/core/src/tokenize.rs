@@ -241,11 +241,6 @@ impl TextTokenizer {
         self.fast.is_some()
     }
 
-    /// Turns the fast path off (to compare it with `tokenizers`).
-    pub fn disable_fast_path(&mut self) {
-        self.fast = None;
-    }
-
     /// Tokens per text or pair, special tokens included.
     pub fn max_length(&self) -> usize {
         self.max_length

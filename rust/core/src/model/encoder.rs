@@ -27,8 +27,7 @@ use std::fmt;
 use rayon::prelude::*;
 
 use super::attention::{attention, Rows};
-use super::linear::rows_per_task;
-use super::linear::QuantScratch;
+use super::linear::{rows_per_task, QuantScratch};
 use super::ops::{activation, add_layer_norm, layer_norm, tanh_in_place, uncertainty};
 use super::workspace::Workspace;
 use super::{Branch, EncoderLayer, FastBertBranch, LayerNormWeights, ModelWeights};
