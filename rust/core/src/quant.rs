@@ -80,7 +80,7 @@ pub(crate) fn checked_len(rows: usize, cols: usize) -> Result<usize, QuantError>
         .ok_or(QuantError::SizeOverflow { rows, cols })
 }
 
-fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), QuantError> {
+pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), QuantError> {
     if expected == got {
         Ok(())
     } else {
@@ -207,6 +207,24 @@ pub fn quantize_weights(
     })
 }
 
+/// Scale and (integer-valued) zero point of a finite activation row whose minimum and maximum,
+/// each widened to include 0, are `lo` and `hi`; `None` for an all-zero row (scale 1, codes 0).
+#[inline]
+pub(crate) fn activation_params(lo: f32, hi: f32) -> Option<(f32, f32)> {
+    if lo == 0.0 && hi == 0.0 {
+        return None;
+    }
+    let range = hi - lo;
+    // Near f32::MAX the range itself can overflow; dividing first keeps it finite.
+    let scale = if range.is_finite() {
+        range / ACT_QMAX
+    } else {
+        hi / ACT_QMAX - lo / ACT_QMAX
+    };
+    let scale = scale.max(f32::MIN_POSITIVE);
+    Some((scale, (-lo / scale).round().clamp(0.0, ACT_QMAX)))
+}
+
 /// Quantizes one activation row into `q` (same length) and returns `(scale, zero_point)`.
 /// `row` is only used to name the row in an error.
 fn quantize_activation_row(x: &[f32], q: &mut [u8], row: usize) -> Result<(f32, u8), QuantError> {
@@ -232,19 +250,10 @@ fn quantize_activation_row(x: &[f32], q: &mut [u8], row: usize) -> Result<(f32, 
             value,
         });
     }
-    if lo == 0.0 && hi == 0.0 {
+    let Some((scale, zp)) = activation_params(lo, hi) else {
         q.fill(0);
         return Ok((1.0, 0));
-    }
-    let range = hi - lo;
-    // Near f32::MAX the range itself can overflow; dividing first keeps it finite.
-    let scale = if range.is_finite() {
-        range / ACT_QMAX
-    } else {
-        hi / ACT_QMAX - lo / ACT_QMAX
     };
-    let scale = scale.max(f32::MIN_POSITIVE);
-    let zp = (-lo / scale).round().clamp(0.0, ACT_QMAX);
     for (qi, &v) in q.iter_mut().zip(x) {
         *qi = ((v / scale).round() + zp).clamp(0.0, ACT_QMAX) as u8;
     }

@@ -12,6 +12,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::str::FromStr;
 
 use rayon::prelude::*;
 use tokenizers::utils::truncation::truncate_encodings;
@@ -187,8 +188,14 @@ impl TextTokenizer {
     /// below `architecture.vocab_size`, and `max_length` must leave room for the special tokens
     /// it adds to a pair.
     pub fn load(path: &Path, config: &BundleConfig) -> Result<Self> {
-        std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let loaded = catch_unwind(|| Tokenizer::from_file(path))
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let json = std::str::from_utf8(&bytes).map_err(|e| {
+            Error::bundle(
+                path,
+                format!("not a valid tokenizers file: not UTF-8 ({e})"),
+            )
+        })?;
+        let loaded = catch_unwind(|| Tokenizer::from_str(json))
             .map_err(|_| Error::bundle(path, "the tokenizer library panicked while loading it"))?;
         let mut inner =
             loaded.map_err(|e| Error::bundle(path, format!("not a valid tokenizers file: {e}")))?;
@@ -225,10 +232,7 @@ impl TextTokenizer {
             .with_truncation(None)
             .map_err(|e| Error::bundle(path, format!("cannot reset truncation: {e}")))?;
         inner.with_padding(None);
-        // Read again as JSON for the fast path (the file was valid just above).
-        let fast = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|json| FastWordPiece::from_json(&json));
+        let fast = FastWordPiece::from_json(json);
         Ok(TextTokenizer {
             inner,
             max_length,

@@ -366,7 +366,7 @@ unsafe fn scores<L: F32Lanes>(qt: &[f32], kp: &[f32], d: usize, n: usize, e: &mu
 
 /// `out[c] = (sum_j e[j] v_j[c]) * inv` for the `d` columns of a head (value row `j` at
 /// `v0 + j * stride`), in blocks of columns: the block width is picked so the blocks cover `d`
-/// with the fewest accumulators of at most [`max_block`] (the last block may overlap the one
+/// with the fewest accumulators of at most `L::MAX_ACCUMULATORS` (the last block may overlap the one
 /// before it and writes equal values again).
 ///
 /// # Safety
@@ -382,7 +382,7 @@ unsafe fn weighted_values<L: F32Lanes>(
     inv: L::V,
     o: Out<L>,
 ) {
-    let blocks = d.div_ceil(max_block::<L>());
+    let blocks = d.div_ceil(L::MAX_ACCUMULATORS);
     let width = d.div_ceil(blocks);
     macro_rules! dispatch {
         ($($w:literal)*) => {
@@ -394,16 +394,6 @@ unsafe fn weighted_values<L: F32Lanes>(
         };
     }
     dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
-}
-
-/// Accumulators of one column block: what the register file holds beside the operands.
-#[cfg(target_arch = "x86_64")]
-fn max_block<L: F32Lanes>() -> usize {
-    if L::LANES == 16 {
-        16
-    } else {
-        12
-    }
 }
 
 /// [`weighted_values`] with blocks of `W` columns.

@@ -4,7 +4,7 @@
 //! Every method is an `unsafe fn` meant to be inlined into a function compiled with the matching
 //! target features ([`Avx2`]: `avx2,fma`; [`Avx512`]: `avx512f`), which the caller's run-time
 //! dispatch guarantees. Each operation rounds exactly like its scalar counterpart on every lane
-//! (`fmadd` like `f32::mul_add`, `exp2` like [`vmath::exp2`] with fused multiply-adds), so a kernel that runs one scalar
+//! (`fmadd` like `f32::mul_add`, `exp2` and `gelu` like [`vmath`]'s with fused multiply-adds), so a kernel that runs one scalar
 //! computation per lane gives the scalar computation's bits.
 
 #[cfg(target_arch = "x86_64")]
@@ -19,6 +19,8 @@ use super::vmath;
 /// must be valid for the lanes they touch, as each method states.
 pub(crate) unsafe trait F32Lanes {
     const LANES: usize;
+    /// Vectors a kernel may keep as accumulators beside its operands in the register file.
+    const MAX_ACCUMULATORS: usize;
     type V: Copy;
     /// Per-lane element offsets for [`F32Lanes::gather`] and [`F32Lanes::scatter`].
     type Offsets: Copy;
@@ -38,6 +40,8 @@ pub(crate) unsafe trait F32Lanes {
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
     /// [`vmath::exp2`] (with fused multiply-adds) of every lane.
     unsafe fn exp2(x: Self::V) -> Self::V;
+    /// [`vmath::gelu`] (with fused multiply-adds) of every lane.
+    unsafe fn gelu(x: Self::V) -> Self::V;
     /// Offsets `min(l, rows - 1) * stride` for lane `l` (`1 <= rows`, `LANES * stride` within
     /// `i32`): lanes past `rows` repeat the last row.
     unsafe fn row_offsets(stride: usize, rows: usize) -> Self::Offsets;
@@ -54,6 +58,7 @@ pub(crate) struct Avx2;
 #[cfg(target_arch = "x86_64")]
 unsafe impl F32Lanes for Avx2 {
     const LANES: usize = 8;
+    const MAX_ACCUMULATORS: usize = 12;
     type V = __m256;
     type Offsets = [i32; 8];
 
@@ -98,6 +103,10 @@ unsafe impl F32Lanes for Avx2 {
         unsafe { vmath::exp2_avx2(x) }
     }
     #[inline(always)]
+    unsafe fn gelu(x: __m256) -> __m256 {
+        unsafe { vmath::gelu_avx2(x) }
+    }
+    #[inline(always)]
     unsafe fn row_offsets(stride: usize, rows: usize) -> [i32; 8] {
         std::array::from_fn(|l| (l.min(rows - 1) * stride) as i32)
     }
@@ -127,6 +136,7 @@ pub(crate) struct Avx512;
 #[cfg(target_arch = "x86_64")]
 unsafe impl F32Lanes for Avx512 {
     const LANES: usize = 16;
+    const MAX_ACCUMULATORS: usize = 16;
     type V = __m512;
     type Offsets = __m512i;
 
@@ -169,6 +179,10 @@ unsafe impl F32Lanes for Avx512 {
     #[inline(always)]
     unsafe fn exp2(x: __m512) -> __m512 {
         unsafe { vmath::exp2_avx512(x) }
+    }
+    #[inline(always)]
+    unsafe fn gelu(x: __m512) -> __m512 {
+        unsafe { vmath::gelu_avx512(x) }
     }
     #[inline(always)]
     unsafe fn row_offsets(stride: usize, rows: usize) -> __m512i {

@@ -2,6 +2,8 @@
 //! entropy used for early exit. Each works on one row and depends on nothing else, so results never
 //! depend on the batch around a row.
 
+#[cfg(target_arch = "x86_64")]
+use super::lanes::{Avx2, Avx512, F32Lanes};
 use super::vmath;
 use crate::config::Activation;
 
@@ -95,36 +97,29 @@ pub fn activation(x: &mut [f32], act: Activation) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn gelu_in_place_avx2(x: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let mut chunks = x.chunks_exact_mut(8);
-    for c in &mut chunks {
-        // SAFETY: AVX2 is enabled; `c` holds 8 values.
-        unsafe {
-            _mm256_storeu_ps(
-                c.as_mut_ptr(),
-                vmath::gelu_avx2(_mm256_loadu_ps(c.as_ptr())),
-            )
-        };
-    }
-    for v in chunks.into_remainder() {
-        *v = vmath::gelu::<true>(*v);
-    }
+    // SAFETY: AVX2 and FMA are enabled, as `Avx2` requires.
+    unsafe { gelu_in_place_lanes::<Avx2>(x) }
 }
 
 /// [`vmath::gelu`] (with fused multiply-adds) in place, sixteen values at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn gelu_in_place_avx512(x: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let mut chunks = x.chunks_exact_mut(16);
+    // SAFETY: AVX-512F is enabled, as `Avx512` requires.
+    unsafe { gelu_in_place_lanes::<Avx512>(x) }
+}
+
+/// Whole vectors of `L::LANES` values, then the scalar twin (the same bits) for the rest.
+///
+/// # Safety
+/// The CPU must have `L`'s features, and this must be inlined into a function compiled with them.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn gelu_in_place_lanes<L: F32Lanes>(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(L::LANES);
     for c in &mut chunks {
-        // SAFETY: AVX-512F is enabled; `c` holds 16 values.
-        unsafe {
-            _mm512_storeu_ps(
-                c.as_mut_ptr(),
-                vmath::gelu_avx512(_mm512_loadu_ps(c.as_ptr())),
-            )
-        };
+        // SAFETY: `L`'s features are enabled (caller); `c` holds one vector.
+        unsafe { L::store(c.as_mut_ptr(), L::gelu(L::load(c.as_ptr()))) };
     }
     for v in chunks.into_remainder() {
         *v = vmath::gelu::<true>(*v);

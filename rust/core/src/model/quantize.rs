@@ -10,7 +10,7 @@
 //! element. Kernels: AVX-512 (16 lanes, written with intrinsics, masked tails), and the portable
 //! code, which the compiler vectorizes to 8 lanes when built for AVX2.
 
-use crate::quant::QuantError;
+use crate::quant::{activation_params, check_len, checked_len, QuantError, ACT_QMAX};
 
 const LANES: usize = 8;
 
@@ -121,24 +121,11 @@ fn quantize_rows(
     zero_points: &mut [u8],
     row: impl Fn(&[f32], &mut [u8]) -> Result<(f32, u8), usize>,
 ) -> Result<(), QuantError> {
-    let expect = |what, expected: usize, got: usize| {
-        if expected == got {
-            Ok(())
-        } else {
-            Err(QuantError::ShapeMismatch {
-                what,
-                expected,
-                got,
-            })
-        }
-    };
-    let len = rows
-        .checked_mul(k)
-        .ok_or(QuantError::SizeOverflow { rows, cols: k })?;
-    expect("activations", len, x.len())?;
-    expect("quantized activations", len, q.len())?;
-    expect("activation scales", rows, scales.len())?;
-    expect("activation zero points", rows, zero_points.len())?;
+    let len = checked_len(rows, k)?;
+    check_len("activations", len, x.len())?;
+    check_len("quantized activations", len, q.len())?;
+    check_len("activation scales", rows, scales.len())?;
+    check_len("activation zero points", rows, zero_points.len())?;
     for t in 0..rows {
         let xr = &x[t * k..(t + 1) * k];
         let (s, zp) = row(xr, &mut q[t * k..(t + 1) * k]).map_err(|col| QuantError::NonFinite {
@@ -151,25 +138,6 @@ fn quantize_rows(
         zero_points[t] = zp;
     }
     Ok(())
-}
-
-const QMAX: f32 = 255.0;
-
-/// Scale and zero point of a finite row whose minimum and maximum, each widened to include 0,
-/// are `lo` and `hi`; `None` for an all-zero row.
-#[inline(always)]
-fn row_params(lo: f32, hi: f32) -> Option<(f32, f32)> {
-    if lo == 0.0 && hi == 0.0 {
-        return None;
-    }
-    let range = hi - lo;
-    let scale = if range.is_finite() {
-        range / QMAX
-    } else {
-        hi / QMAX - lo / QMAX
-    };
-    let scale = scale.max(f32::MIN_POSITIVE);
-    Some((scale, (-lo / scale).round().clamp(0.0, QMAX)))
 }
 
 /// One row: returns `(scale, zero_point)`, or the column of the first non-finite value.
@@ -203,7 +171,7 @@ fn quantize_row(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usize> {
     if bad.is_nan() {
         return Err(x.iter().position(|v| !v.is_finite()).unwrap_or(0));
     }
-    let Some((scale, zp)) = row_params(lo, hi) else {
+    let Some((scale, zp)) = activation_params(lo, hi) else {
         q.fill(0);
         return Ok((1.0, 0));
     };
@@ -215,7 +183,7 @@ fn quantize_row(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usize> {
         } else {
             t
         };
-        let c = (r + zp).clamp(0.0, QMAX);
+        let c = (r + zp).clamp(0.0, ACT_QMAX);
         // SAFETY: the row was checked finite above and |v / scale| <= 255, so `c` is a finite
         // value in 0..=255. The saturating `as` cast would be correct too but does not
         // vectorize, and this loop is a hot spot of every int8 linear.
@@ -261,7 +229,8 @@ unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usiz
     if _mm512_reduce_add_ps(bad).is_nan() {
         return Err(x.iter().position(|v| !v.is_finite()).unwrap_or(0));
     }
-    let Some((scale, zp)) = row_params(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)) else {
+    let Some((scale, zp)) = activation_params(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi))
+    else {
         q.fill(0);
         return Ok((1.0, 0));
     };
@@ -270,7 +239,7 @@ unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usiz
         _mm512_set1_ps(zp),
         _mm512_set1_ps(1.0),
         _mm512_set1_ps(0.5),
-        _mm512_set1_ps(QMAX),
+        _mm512_set1_ps(ACT_QMAX),
     );
     for i in (0..n).step_by(L) {
         let y = _mm512_div_ps(load(i), sv);
