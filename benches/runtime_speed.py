@@ -954,7 +954,7 @@ def measure_forced_exit(
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from tinyfast.branches import Branches
+    from tinyfast.models.branches import Branches
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
     model.eval()

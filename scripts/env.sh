@@ -2,13 +2,13 @@
 # Sourced by scripts/test.sh and scripts/demo.sh: makes sure a virtual environment holds the pinned
 # dependencies (constraints.txt) and this checkout of tinyfast, and sets $venv to it.
 #
-# The environment lives under ~/.cache/tinyfast (set TINYFAST_VENV to move it) so later runs do
-# not download torch again; pip only installs what is missing or pinned differently.
+# The environment is the checkout's own ./.venv (set TINYFAST_VENV to move it): two clones never
+# share one editable install. Later runs do not download torch again; pip only installs what is
+# missing or pinned differently.
 set -euo pipefail
 
 python=${PYTHON:-python3}
-tag=$("$python" -c 'import sys; print("py%d%d" % sys.version_info[:2])')
-venv=${TINYFAST_VENV:-"$HOME/.cache/tinyfast/venv-$tag"}
+venv=${TINYFAST_VENV:-"$PWD/.venv"}
 
 if [ ! -x "$venv/bin/python" ]; then
   echo "== creating $venv (the first run installs torch: several minutes, about 6 GB)"

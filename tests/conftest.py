@@ -26,7 +26,7 @@ MAX_LENGTH = 32
 
 def demo_words() -> list[str]:
     """Every word and punctuation mark the demo generator can write, in a stable order."""
-    from tinyfast import demo
+    from tinyfast.pipeline import demo
 
     phrases = [*demo._SUBJECTS, *demo._POSITIVE, *demo._NEGATIVE, *demo._LINKS, *demo._ADVERBS,
                *demo._TAILS]
@@ -68,7 +68,7 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from tinyfast.demo import write_demo_data
+    from tinyfast.pipeline.demo import write_demo_data
 
     return write_demo_data(tmp_path_factory.mktemp("demo-data"), train_rows=96, dev_rows=48,
                            corpus_rows=128)

@@ -1,4 +1,4 @@
-"""Dataset, collation and the bucketing sampler in tinyfast.batching."""
+"""Dataset, collation and the bucketing sampler in tinyfast.data.batching."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from tinyfast.batching import BucketBatchSampler, EncodedDataset, collate
 from tinyfast.data import Encoded
+from tinyfast.data.batching import BucketBatchSampler, EncodedDataset, collate
 
 
 def random_lengths(n: int, seed: int = 1) -> list[int]:

@@ -1,4 +1,4 @@
-"""tinyfast.branches: FastBERT branch modules, their files beside a checkpoint and validation."""
+"""tinyfast.models.branches: FastBERT branches, their files beside a checkpoint, validation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ pytest.importorskip("safetensors")
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from tinyfast.branches import (  # noqa: E402
+from tinyfast.errors import ConfigError  # noqa: E402
+from tinyfast.models.branches import (  # noqa: E402
     BRANCHES_FILE,
     BRANCHES_WEIGHTS,
     Branches,
@@ -23,7 +24,6 @@ from tinyfast.branches import (  # noqa: E402
     normalized_entropy,
     random_branches,
 )
-from tinyfast.errors import ConfigError  # noqa: E402
 
 H, C, W, HEADS = 32, 3, 16, 2
 

@@ -143,7 +143,7 @@ def test_teacher_that_is_not_a_checkpoint(capsys, finetune_args, tmp_path):
 def test_bad_student_config(capsys, finetune_args, tmp_path):
     student = write(tmp_path / "student.json", '{"layers": 2,\n "hidden": 16,,}\n')
     line = one_error_line(capsys, cli.main(finetune_args(student=str(student))), "tinyfast")
-    assert f"{student}:2: not valid JSON" in line
+    assert f"{student}:2: invalid JSON" in line
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "many"])

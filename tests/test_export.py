@@ -47,16 +47,17 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
-from tinyfast.branches import Branches, random_branches  # noqa: E402
-from tinyfast.data import Columns, TaskMeta  # noqa: E402
-from tinyfast.errors import ConfigError, DataError  # noqa: E402
-from tinyfast.export import add_export_command, export, quantize_weight  # noqa: E402
-from tinyfast.models import save_classifier  # noqa: E402
-from tinyfast.reference import (  # noqa: E402
+from tinyfast.bundle import (  # noqa: E402
     ReferenceModel,
     int8_linear,
     quantize_activations,
 )
+from tinyfast.cli.export import add_export_command  # noqa: E402
+from tinyfast.data import Columns, TaskMeta  # noqa: E402
+from tinyfast.errors import ConfigError, DataError  # noqa: E402
+from tinyfast.export import export, quantize_weight  # noqa: E402
+from tinyfast.models import save_classifier  # noqa: E402
+from tinyfast.models.branches import Branches, random_branches  # noqa: E402
 
 VOCAB = 60
 H, LAYERS, HEADS, FFN, C, P = 32, 4, 4, 64, 3, 128
@@ -679,7 +680,7 @@ def test_cli_parses_and_runs(checkpoint: Path, tmp_path: Path,
 
 
 def test_export_and_reference_import_without_torch() -> None:
-    code = ("import sys; import tinyfast.export, tinyfast.reference; "
+    code = ("import sys; import tinyfast.export, tinyfast.bundle; "
             "heavy = ('torch', 'transformers', 'safetensors'); "
             "bad = sorted(m for m in heavy if m in sys.modules); "
             "assert not bad, bad")

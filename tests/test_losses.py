@@ -8,8 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tinyfast.errors import ConfigError  # noqa: E402
-from tinyfast.losses import (  # noqa: E402
+from tinyfast.distill.losses import (  # noqa: E402
     Internals,
     LossWeights,
     Projection,
@@ -22,6 +21,7 @@ from tinyfast.losses import (  # noqa: E402
     soft_cross_entropy,
     uniform_layer_map,
 )
+from tinyfast.errors import ConfigError  # noqa: E402
 
 INF = float("inf")
 MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])  # B=2, L=3; the last token of row 1 is padding

@@ -1,6 +1,6 @@
 """tinyfast.Runtime (the Rust int8 runtime from Python) on tiny random BERTs, in seconds.
 
-Oracles: ``tinyfast.reference.ReferenceModel`` (numpy, docs/bundle.md step by step) and the torch
+Oracles: ``tinyfast.bundle.ReferenceModel`` (numpy, docs/bundle.md step by step) and the torch
 model the bundle was exported from (see tests/runtime_fixtures.py).
 
 Tolerances:
@@ -51,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import runtime_fixtures as rf  # noqa: E402
 import tinyfast  # noqa: E402
 from tinyfast import BundleError, Prediction, Runtime  # noqa: E402
-from tinyfast.branches import Branches  # noqa: E402
+from tinyfast.bundle import ReferenceModel  # noqa: E402
 from tinyfast.errors import TinyfastError  # noqa: E402
-from tinyfast.reference import ReferenceModel  # noqa: E402
+from tinyfast.models.branches import Branches  # noqa: E402
 
 F32_ATOL = 1e-4
 INT8_EXACT_SHARE = 0.9

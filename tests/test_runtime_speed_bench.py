@@ -294,8 +294,8 @@ def test_forced_exit_schedules_and_counts(bench: types.ModuleType) -> None:
 
 
 def test_uncertainty_matches_the_branches_definition(bench: types.ModuleType) -> None:
-    from tinyfast.branches import normalized_entropy
-    from tinyfast.reference import normalized_entropy as reference_entropy
+    from tinyfast.bundle import normalized_entropy as reference_entropy
+    from tinyfast.models.branches import normalized_entropy
 
     for logits in ([8.0, 0.0], [0.0, 0.0], [3.0, -1.0, 0.5], [80.0, 0.0, 0.0]):
         ours = bench.normalized_uncertainty(logits)

@@ -21,3 +21,15 @@ class DataError(TinyfastError, ValueError):
 
 class ConfigError(TinyfastError, ValueError):
     """A flag, config file or model combination that cannot work."""
+
+
+class BundleError(TinyfastError, ValueError):
+    """A bundle file is malformed, truncated or inconsistent with ``tinyfast.json``.
+
+    Raised by the Rust loader; the message starts with the offending file's path (also in
+    ``path``) and names the field or tensor at fault.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -10,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tinyfast import distributed, train
+from tinyfast import train
 from tinyfast.data import Columns
-from tinyfast.evaluation import classifier_logits, main_metric, predict_logits, task_metrics
+from tinyfast.data.splits import load_labeled
 from tinyfast.models import (
     build_student,
     check_max_length,
@@ -23,7 +22,9 @@ from tinyfast.models import (
     save_classifier,
     student_config,
 )
-from tinyfast.taskdata import Split, load_labeled
+from tinyfast.train import distributed
+from tinyfast.train.evaluation import dev_evaluator, main_metric
+from tinyfast.train.outputs import claim_out_dir, write_summary
 
 
 class ClassifierStep(nn.Module):
@@ -37,18 +38,6 @@ class ClassifierStep(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         loss = self.model(**batch).loss
         return loss, {}
-
-
-def dev_evaluator(task: str, dev: Split, device: torch.device, pad_id: int, attr: str):
-    """An ``evaluate`` for train.run: the wrapped classifier's metrics on the dev split."""
-
-    def evaluate(module: nn.Module) -> dict[str, float]:
-        model = getattr(module, attr)
-        logits = predict_logits(classifier_logits(model), dev.dataset, dev.lengths,
-                                device=device, pad_id=pad_id)
-        return task_metrics(task, logits, dev.labels)
-
-    return evaluate
 
 
 def finetune(
@@ -65,16 +54,19 @@ def finetune(
     init: str = "random",
     init_checkpoint: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fine-tunes ``teacher`` (a checkpoint directory or "minilm") and keeps the best dev
     checkpoint in ``out/model``. Returns the metrics also written to ``out/metrics.json``.
 
     With ``student`` (a preset or JSON config), a student of that shape is trained on the labels
     instead, sharing the teacher's tokenizer: the no-distillation baseline. ``init`` and
-    ``init_checkpoint`` choose its start as in ``distill task``."""
+    ``init_checkpoint`` choose its start as in ``distill task``. ``out`` must be new, empty or an
+    earlier finetune run (``overwrite`` lifts that)."""
     config = config or train.TrainConfig(epochs=3, lr=5e-5, batch_size=32)
     out = Path(out)
     ctx = distributed.setup(config.device)
+    claim_out_dir(ctx, out, "finetune", overwrite)
     tokenizer = load_tokenizer(teacher)
     meta, train_split, dev_split = load_labeled(
         tokenizer, train_path, dev_path, columns=columns, task=task, max_length=max_length)
@@ -119,9 +111,3 @@ def finetune(
     }
     write_summary(ctx, out, summary)
     return summary
-
-
-def write_summary(ctx: distributed.DistContext, out: Path, summary: dict[str, Any]) -> None:
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

@@ -31,24 +31,12 @@ from typing import Any
 import numpy as np
 
 from tinyfast import _native
-from tinyfast.errors import TinyfastError
+from tinyfast.errors import BundleError
 
 __all__ = ["BundleError", "Prediction", "Runtime", "TextInput"]
 
 #: One input of :meth:`Runtime.predict`: a text, or a pair of texts (sentence-pair tasks).
 TextInput = str | tuple[str, str]
-
-
-class BundleError(TinyfastError, ValueError):
-    """A bundle file is malformed, truncated or inconsistent with ``tinyfast.json``.
-
-    Raised by the Rust loader; the message starts with the offending file's path (also in
-    ``path``) and names the field or tensor at fault.
-    """
-
-    def __init__(self, message: str, path: str | None = None) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 @dataclass(frozen=True, eq=False)

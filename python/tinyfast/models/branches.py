@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tinyfast._io import json_type, read_json_object
 from tinyfast.errors import ConfigError
 
 __all__ = [
@@ -296,7 +297,7 @@ class Branches(nn.Module):
         problem is a ``ConfigError`` naming the file and the field.
         """
         spec_path = Path(directory) / BRANCHES_FILE
-        spec = _read_spec(spec_path)
+        spec = read_json_object(spec_path)
         where = str(spec_path)
         version = spec.get("format_version")
         if version != BRANCHES_VERSION or not _is_int(version):
@@ -309,13 +310,13 @@ class Branches(nn.Module):
             raise ConfigError(f"{where}: num_labels must be a positive integer, got {num_labels!r}")
         raw_exits = spec.get("exits")
         if not isinstance(raw_exits, list):
-            raise ConfigError(f"{where}: exits must be a list, got {_json_type(raw_exits)}")
+            raise ConfigError(f"{where}: exits must be a list, got {json_type(raw_exits)}")
         pairs: list[tuple[Any, Any]] = []
         for i, entry in enumerate(raw_exits):
             if not isinstance(entry, dict):
                 raise ConfigError(
                     f"{where}: exits[{i}] must be an object with layer and kind, got "
-                    f"{_json_type(entry)}"
+                    f"{json_type(entry)}"
                 )
             for key in ("layer", "kind"):
                 if key not in entry:
@@ -329,7 +330,7 @@ class Branches(nn.Module):
             if not isinstance(branch, dict):
                 raise ConfigError(
                     f"{where}: branch must be an object {{\"width\": W, \"heads\": N}} (needed by "
-                    f"fastbert exits), got {_json_type(branch)}"
+                    f"fastbert exits), got {json_type(branch)}"
                 )
             width, heads = branch.get("width"), branch.get("heads")
             _check_width(width, heads, f"{where}: branch")
@@ -340,30 +341,6 @@ class Branches(nn.Module):
         branches = cls(hidden, num_labels, exits, width, heads)
         branches.load_state_dict(state, strict=True)
         return branches.eval()
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), "a number"
-    )
-
-
-def _read_spec(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc}") from None
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {_json_type(spec)}")
-    return spec
 
 
 def _read_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:

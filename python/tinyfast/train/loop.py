@@ -30,9 +30,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from tinyfast import distributed
-from tinyfast.batching import BucketBatchSampler, collate
+from tinyfast.data.batching import BucketBatchSampler, collate
 from tinyfast.errors import ConfigError
+from tinyfast.train import distributed
 
 Batch = dict[str, torch.Tensor]
 Metrics = dict[str, float]
@@ -62,6 +62,11 @@ class TrainConfig:
 
     def validate(self, world_size: int = 1) -> int:
         """Checks the settings and returns the per-process micro-batch size."""
+        for name in ("epochs", "lr", "warmup", "weight_decay", "max_grad_norm"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number (got {getattr(self, name)})")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in 0..2**63-1 (got {self.seed})")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError(f"epochs must be > 0 (got {self.epochs})")
         if self.lr <= 0:
@@ -282,6 +287,9 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
 
 
 def _evaluate(ctx, module, evaluate, metric, greater_is_better, on_best, state: _State) -> None:
+    """Rank 0 evaluates; every rank then records the same metrics, so their states (history,
+    best, what they log and return) stay identical."""
+    metrics = None
     if ctx.is_main:
         module.eval()
         with torch.no_grad():
@@ -290,15 +298,16 @@ def _evaluate(ctx, module, evaluate, metric, greater_is_better, on_best, state: 
         if metric not in metrics:
             raise ConfigError(f"evaluation returned no '{metric}' (it gave {sorted(metrics)})")
         metrics["step"] = state.step
-        state.history.append(metrics)
-        best = state.best
-        better = best is None or (
-            metrics[metric] > best[metric] if greater_is_better else metrics[metric] < best[metric]
-        )
-        if better:
-            state.best = metrics
-            if on_best is not None:
-                on_best(metrics)
+    metrics = ctx.from_main(metrics)
+    state.history.append(metrics)
+    best = state.best
+    better = best is None or (
+        metrics[metric] > best[metric] if greater_is_better else metrics[metric] < best[metric]
+    )
+    if better:
+        state.best = metrics
+        if on_best is not None and ctx.is_main:
+            on_best(metrics)
     ctx.barrier()
 
 

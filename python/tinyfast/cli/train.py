@@ -1,65 +1,25 @@
-"""The ``tinyfast`` command line. Training commands import torch only when they run, so ``info``
-works on a runtime-only install."""
+"""``tinyfast finetune``, ``tinyfast distill general|task`` and ``tinyfast evaluate``: argument
+parsing only; the work happens in ``tinyfast.finetune``, ``tinyfast.distill`` and
+``tinyfast.train``, imported when a command runs so that ``info`` needs no torch."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
+import os
 from typing import Any
 
-from tinyfast.errors import TinyfastError
-from tinyfast.export import add_export_command
-
-EXIT_USAGE = 2
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "run"):
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    if args.command != "info":
-        _quiet_transformers()
-    try:
-        return args.run(args) or 0
-    except TinyfastError as exc:
-        print(f"tinyfast: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in {"torch", "transformers", "tokenizers",
-                                                    "safetensors", "tqdm"}:
-            print(f"tinyfast: error: '{args.command}' needs the training extras ({exc.name} is "
-                  "missing): pip install 'tinyfast[train]'", file=sys.stderr)
-            return EXIT_USAGE
-        raise
-    except KeyboardInterrupt:
-        print("tinyfast: interrupted (rerun with --resume to continue from the last checkpoint)",
-              file=sys.stderr)
-        return 130
+from tinyfast.cli.args import (
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    seed,
+)
+from tinyfast.errors import ConfigError
 
 
-def _quiet_transformers() -> None:
-    """Our own progress bar and summaries say what happens; transformers' per-load bars only add
-    noise to logs."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ModuleNotFoundError:
-        return
-    hf_logging.disable_progress_bar()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tinyfast",
-        description="Distil BERT-family classifiers (TinyBERT) and run them fast on CPUs.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    info = sub.add_parser("info", help="print the version and the int8 kernels this CPU runs")
-    info.set_defaults(run=_info)
-
+def add_commands(sub: Any) -> None:
     ft = sub.add_parser("finetune", help="train a teacher (or a baseline student) on labels",
                         description="Fine-tune a BERT-family checkpoint as a classifier; the best "
                                     "dev checkpoint goes to OUT/model, metrics to "
@@ -81,16 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen = stages.add_parser("general", help="pretrained teacher -> student on a plain-text corpus",
                             description="General distillation: embedding, hidden-state and "
                                         "attention losses on unlabeled text. The student "
-                                        "encoder goes to OUT/model.")
+                                        "encoder and its width projections go to OUT/model.")
     gen.add_argument("--teacher", default="minilm", help="pretrained encoder checkpoint or "
                      "'minilm' (default: %(default)s)")
     gen.add_argument("--corpus", required=True, help="plain text, one sentence a line")
-    gen.add_argument("--out", required=True, help="output directory")
+    gen.add_argument("--out", required=True, help=_OUT_HELP)
     gen.add_argument("--student", default="tinybert4",
                      help="preset (tinybert4, tinybert6) or JSON config (default: %(default)s)")
     _add_student_init(gen)
-    gen.add_argument("--max-length", type=int, default=128, help="tokens (default: %(default)s)")
-    gen.add_argument("--heldout", type=float, default=0.01,
+    gen.add_argument("--max-length", type=positive_int, default=128,
+                     help="tokens (default: %(default)s)")
+    gen.add_argument("--heldout", type=nonnegative_float, default=0.01,
                      help="share of corpus lines held out to measure the loss (at most 1000; "
                           "default: %(default)s)")
     _add_intermediate(gen)
@@ -100,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     task = stages.add_parser("task", help="fine-tuned teacher -> student on task data",
                              description="Task distillation: step 1 intermediate layers, step 2 "
                                          "predictions (soft labels); the best dev checkpoint "
-                                         "goes to OUT/model.")
+                                         "goes to OUT/model. Each step has its own epochs and "
+                                         "learning rate (--intermediate-*, --prediction-*).")
     task.add_argument("--teacher", required=True, help="fine-tuned classifier (finetune's "
                       "OUT/model)")
     task.add_argument("--student", default="tinybert4",
@@ -111,15 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--augmented", default=None,
                       help="augmented training text (TSV/JSONL with the task's columns, or .txt); "
                            "replaces --train's text in both steps")
-    task.add_argument("--out", required=True, help="output directory")
-    task.add_argument("--max-length", type=int, default=None,
+    task.add_argument("--out", required=True, help=_OUT_HELP)
+    task.add_argument("--max-length", type=positive_int, default=None,
                       help="tokens (default: the teacher's)")
-    task.add_argument("--intermediate-epochs", type=float, default=10,
+    task.add_argument("--intermediate-epochs", type=nonnegative_float, default=10,
                       help="step 1 epochs; 0 skips step 1 (default: %(default)s)")
-    task.add_argument("--intermediate-lr", type=float, default=5e-5, help="(default: %(default)s)")
-    task.add_argument("--prediction-epochs", type=float, default=3, help="(default: %(default)s)")
-    task.add_argument("--prediction-lr", type=float, default=3e-5, help="(default: %(default)s)")
-    task.add_argument("--temperature", type=float, default=1.0,
+    task.add_argument("--intermediate-lr", type=positive_float, default=5e-5,
+                      help="(default: %(default)s)")
+    task.add_argument("--prediction-epochs", type=positive_float, default=3,
+                      help="(default: %(default)s)")
+    task.add_argument("--prediction-lr", type=positive_float, default=3e-5,
+                      help="(default: %(default)s)")
+    task.add_argument("--temperature", type=positive_float, default=1.0,
                       help="soft cross-entropy temperature (default: %(default)s)")
     task.add_argument("--scale-t2", action="store_true",
                       help="multiply the prediction loss by temperature^2")
@@ -127,46 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(task, epochs=None, lr=None, batch_size=32, warmup=None)
     task.set_defaults(run=_distill_task)
 
-    demo = sub.add_parser("demo", help="generate a small task and run the whole flow on it",
-                          description="Generates a small sentiment task, fine-tunes the packaged "
-                                      "MiniLM teacher on it and distils a TinyBERT-4 student "
-                                      "(general then task distillation).")
-    demo.add_argument("--out", default="tinyfast-demo", help="output directory "
-                      "(default: %(default)s)")
-    demo.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke check")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo.set_defaults(run=_demo)
-
     ev = sub.add_parser("evaluate", help="metrics of a classifier checkpoint on a labeled file")
     ev.add_argument("model", help="classifier checkpoint directory")
     ev.add_argument("data", help="TSV with header or JSONL, with the model's columns")
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--batch-size", type=positive_int, default=64)
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(run=_evaluate)
 
-    add_export_command(sub)
-    return parser
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
-    return value
+_OUT_HELP = ("output directory: new, empty, or an earlier run of this command (other contents "
+             "are refused unless --overwrite)")
 
 
 def _add_task_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", required=True, help="training file (TSV with header or JSONL)")
     p.add_argument("--dev", required=True, help="dev file, same columns")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help=_OUT_HELP)
     p.add_argument("--task", choices=["classification", "regression"], default="classification")
     p.add_argument("--text-a", default="sentence", help="first text column (default: "
                    "%(default)s)")
     p.add_argument("--text-b", default=None, help="second text column, for sentence pairs")
     p.add_argument("--label", default="label", help="label column (default: %(default)s)")
-    p.add_argument("--max-length", type=_positive_int, default=128,
+    p.add_argument("--max-length", type=positive_int, default=128,
                    help="tokens (default: %(default)s)")
 
 
@@ -194,25 +141,33 @@ def _add_intermediate(p: argparse.ArgumentParser) -> None:
 def _add_training(p: argparse.ArgumentParser, *, epochs, lr, batch_size, warmup) -> None:
     g = p.add_argument_group("training")
     if epochs is not None:
-        g.add_argument("--epochs", type=float, default=epochs, help="(default: %(default)s)")
-        g.add_argument("--lr", type=float, default=lr, help="(default: %(default)s)")
-        g.add_argument("--warmup", type=float, default=warmup,
-                       help="share of steps warming up (default: %(default)s)")
-    g.add_argument("--batch-size", type=_positive_int, default=batch_size,
+        g.add_argument("--epochs", type=positive_float, default=epochs,
+                       help="(default: %(default)s)")
+        g.add_argument("--lr", type=positive_float, default=lr, help="(default: %(default)s)")
+        g.add_argument("--warmup", type=nonnegative_float, default=warmup,
+                       help="share of steps warming up, in [0, 1) (default: %(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help="rows per optimizer step over all processes (default: %(default)s)")
-    g.add_argument("--grad-accum", type=_positive_int, default=1)
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--eval-every", type=int, default=0, help="steps; 0 = every epoch")
-    g.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
-    g.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps")
+    g.add_argument("--grad-accum", type=positive_int, default=1)
+    g.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
+    g.add_argument("--max-grad-norm", type=nonnegative_float, default=1.0,
+                   help="0 disables clipping")
+    g.add_argument("--seed", type=seed, default=42)
+    g.add_argument("--eval-every", type=nonnegative_int, default=0,
+                   help="steps; 0 = every epoch")
+    g.add_argument("--save-every", type=nonnegative_int, default=200,
+                   help="checkpoint every N steps")
+    g.add_argument("--max-steps", type=nonnegative_int, default=0,
+                   help="stop after N optimizer steps")
     g.add_argument("--device", choices=["cpu", "cuda"], default=None)
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    g.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in OUT/work")
+    g.add_argument("--overwrite", action="store_true",
+                   help="write into OUT even if it holds other files or another command's run "
+                        "(only this run's model/, work/ and metrics.json are replaced)")
 
 
 def _train_config(args: argparse.Namespace, **override: Any):
@@ -243,8 +198,6 @@ def _init_mode(args: argparse.Namespace) -> str:
 def _teacher_layers(args: argparse.Namespace) -> list[int] | None:
     if not args.teacher_layers:
         return None
-    from tinyfast.errors import ConfigError
-
     try:
         return [int(x) for x in args.teacher_layers.split(",")]
     except ValueError:
@@ -261,27 +214,11 @@ def _intermediate_options(args: argparse.Namespace):
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    """Under torchrun every rank returns the summary; rank 0 alone prints it."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     keys = ("best", "steps", "seconds", "stages", "student_parameters", "teacher_parameters")
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1))
-
-
-def _info(args: argparse.Namespace) -> int:
-    import tinyfast
-
-    caps = tinyfast.cpu_capabilities()
-    print(f"tinyfast {tinyfast.__version__}")
-    print(f"arch: {caps['arch']}")
-    for name, on in caps["features"].items():
-        print(f"  {name}: {'yes' if on else 'no'}")
-    print(f"int8 kernels: {', '.join(caps['kernels'])}")
-    print(f"default kernel: {caps['best_kernel']}")
-    try:
-        import torch
-
-        print(f"torch: {torch.__version__} (training available)")
-    except ModuleNotFoundError:
-        print("torch: not installed (runtime only; pip install 'tinyfast[train]' to train)")
-    return 0
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -293,7 +230,7 @@ def _finetune(args: argparse.Namespace) -> int:
         columns=Columns(text_a=args.text_a, text_b=args.text_b, label=args.label),
         task=args.task, max_length=args.max_length, config=_train_config(args),
         student=args.student, init=_init_mode(args), init_checkpoint=args.student_init,
-        resume=args.resume)
+        resume=args.resume, overwrite=args.overwrite)
     _print_summary(summary)
     return 0
 
@@ -305,7 +242,7 @@ def _distill_general(args: argparse.Namespace) -> int:
         args.teacher, args.corpus, args.out, student=args.student, init=_init_mode(args),
         init_checkpoint=args.student_init, max_length=args.max_length,
         options=_intermediate_options(args), config=_train_config(args), heldout=args.heldout,
-        resume=args.resume)
+        resume=args.resume, overwrite=args.overwrite)
     _print_summary(summary)
     return 0
 
@@ -321,24 +258,16 @@ def _distill_task(args: argparse.Namespace) -> int:
         intermediate=StageSettings(args.intermediate_epochs, args.intermediate_lr, 0.0),
         prediction=StageSettings(args.prediction_epochs, args.prediction_lr, 0.1),
         temperature=args.temperature, scale_by_t2=args.scale_t2, config=_train_config(args),
-        resume=args.resume)
+        resume=args.resume, overwrite=args.overwrite)
     _print_summary(summary)
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from tinyfast.demo import run_demo
-
-    summary = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
-    print(json.dumps(summary, indent=1))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from tinyfast.data import TaskMeta, read_examples
-    from tinyfast.evaluation import classifier_logits, predict_logits, task_metrics
+    from tinyfast.data.splits import encode_split
     from tinyfast.models import load_classifier, load_tokenizer, resolve_model_path
-    from tinyfast.taskdata import encode_split
+    from tinyfast.train.evaluation import classifier_logits, predict_logits, task_metrics
 
     meta = TaskMeta.load(resolve_model_path(args.model))
     tokenizer = load_tokenizer(args.model)
@@ -346,11 +275,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     examples = read_examples(args.data, meta.columns, meta.task)
     split = encode_split(tokenizer, examples, meta, with_labels=True)
     logits = predict_logits(classifier_logits(model), split.dataset, split.lengths,
-                            batch_size=args.batch_size, pad_id=tokenizer.pad_token_id or 0)
+                            batch_size=args.batch_size, pad_id=tokenizer.pad_token_id or 0,
+                            progress="evaluate" if not args.no_progress else None)
     print(json.dumps({"rows": len(split), **task_metrics(meta.task, logits, split.labels)},
                      indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,17 +7,17 @@ module to register the command, and ``tinyfast info`` must keep working without 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tinyfast.errors import ConfigError
-from tinyfast.reference import (
+from tinyfast._io import read_json_object, replace_dir
+from tinyfast.bundle import (
     BUNDLE_CONFIG,
     BUNDLE_FORMAT,
     BUNDLE_TOKENIZER,
@@ -26,13 +26,15 @@ from tinyfast.reference import (
     HIDDEN_ACTS,
     ReferenceModel,
 )
+from tinyfast.bundle.quantize import quantize_weights
+from tinyfast.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
-    from tinyfast.branches import Branches
+    from tinyfast.models.branches import Branches
 
-__all__ = ["DTYPES", "SUPPORTED_ARCHITECTURE", "add_export_command", "export", "quantize_weight"]
+__all__ = ["DTYPES", "SUPPORTED_ARCHITECTURE", "export", "quantize_weight"]
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +49,16 @@ DEFAULT_MAX_LENGTH = 128
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: ``(q [out, in] int8, scale [out] f32)``.
-
-    ``scale[o] = max_k |w[o, k]| / 127`` (1 for an all-zero row), ``q = clamp(round(w / scale),
-    -127, 127)`` rounding half away from zero. The division runs in float64 against the stored
-    float32 scale, so ``|q * scale - w| <= scale / 2`` holds for the scale the runtime reads.
-    """
+    """Symmetric per-output-channel int8 of a torch weight ``[out, in]``: ``(q int8, scale f32)``
+    by the one rule of ``tinyfast.bundle.quantize``."""
     import torch
 
-    w = weight.detach().to(torch.float32)
-    amax = w.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
-    x = w.double() / scale.double()[:, None]
-    q = torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
-    return torch.clamp(q, -127, 127).to(torch.int8), scale.contiguous()
+    w = weight.detach().to(torch.float32).cpu().numpy()
+    try:
+        q, scale = quantize_weights(w)
+    except ValueError as exc:
+        raise ConfigError(f"cannot quantize a weight: {exc}") from None
+    return torch.from_numpy(q), torch.from_numpy(scale)
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,16 +68,7 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _read_raw_config(path: Path) -> dict[str, Any]:
     """config.json as written: transformers 5 drops fields it no longer models (e.g. relative
     position embeddings), and those are exactly the ones that make a checkpoint unsupported."""
-    where = path / "config.json"
-    try:
-        raw = json.loads(where.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot be read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a JSON object")
-    return raw
+    return read_json_object(path / "config.json", "a model config object")
 
 
 def _check_architecture(raw: dict[str, Any], where: Path) -> None:
@@ -222,7 +211,7 @@ def _encoder_tensors(model: Any, quantize: bool) -> dict[str, torch.Tensor]:
 def _load_branches(
     path: Path, branches_dir: str | os.PathLike[str] | None, config: Any
 ) -> Branches | None:
-    from tinyfast.branches import BRANCHES_FILE, Branches
+    from tinyfast.models.branches import BRANCHES_FILE, Branches
 
     if branches_dir is None:
         if not (path / BRANCHES_FILE).is_file():
@@ -252,7 +241,8 @@ def _tokenizer_json(path: Path, vocab_size: int) -> str:
         from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                      trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: no usable tokenizer files: {exc}") from None
         if not getattr(tokenizer, "is_fast", False):
@@ -300,20 +290,13 @@ def _usual_permissions(directory: Path) -> None:
 
 
 def _publish(new: Path, target: Path) -> None:
-    """Swap the complete ``new`` directory in at ``target``; readers never see a partial one."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    # A rename cannot replace a non-empty directory: move the old bundle aside first.
-    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, aside / target.name)
+    """Swap the finished bundle in; a concurrent writer of the same OUT makes one of the two
+    renames fail, and that loser says so in one line (the winner's bundle stays whole)."""
     try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(aside / target.name, target)
-        raise
-    finally:
-        shutil.rmtree(aside, ignore_errors=True)
+        replace_dir(new, target)
+    except OSError as exc:
+        raise ConfigError(f"{target}: another process replaced it while this export was writing "
+                          f"({exc.strerror}); nothing of this export was published") from None
 
 
 def export(
@@ -322,6 +305,7 @@ def export(
     dtype: str = "int8",
     branches_dir: str | os.PathLike[str] | None = None,
     max_length: int | None = None,
+    progress: bool = False,
 ) -> Path:
     """Write the runtime bundle of a BERT classifier checkpoint to ``out_dir``; return its path.
 
@@ -329,6 +313,7 @@ def export(
     ``branches_dir``: where ``branches.json`` + ``branches.safetensors`` are; by default the
     checkpoint itself when it has them. ``max_length``: by default tinyfast_task.json's, or 128
     for a plain Hugging Face classifier (whose labels then come from config.json's id2label).
+    ``progress`` prints each stage to stderr.
     """
     import torch
     from safetensors.torch import save_file
@@ -364,10 +349,13 @@ def export(
     if max_length > positions:
         raise ConfigError(f"max_length {max_length} exceeds the model's max_position_embeddings "
                           f"{positions}; pass --max-length {positions} or less")
+    say = _stage_printer(progress)
+    say(f"reading {path}")
     branches = _load_branches(path, branches_dir, config)
     tokenizer_text = _tokenizer_json(path, int(config.vocab_size))
     model = _load_model(path, config)
 
+    say("quantizing the encoder's linears" if dtype == "int8" else "collecting f32 tensors")
     with torch.no_grad():
         tensors = _encoder_tensors(model, quantize=dtype == "int8")
         if branches is not None:
@@ -406,11 +394,13 @@ def export(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        say(f"writing {out}")
         save_file(tensors, str(tmp / BUNDLE_WEIGHTS))
         (tmp / BUNDLE_CONFIG).write_text(json.dumps(bundle, indent=2) + "\n", encoding="utf-8")
         (tmp / BUNDLE_TOKENIZER).write_text(tokenizer_text, encoding="utf-8")
         _usual_permissions(tmp)
         # Read it back through the contract's checks before anyone can see it.
+        say("checking the bundle against docs/bundle.md")
         ReferenceModel.load(tmp)
         _publish(tmp, out)
     except BaseException:
@@ -420,50 +410,9 @@ def export(
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
+def _stage_printer(enabled: bool):
+    def say(message: str) -> None:
+        if enabled:
+            print(f"export: {message}", file=sys.stderr, flush=True)
 
-
-def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``tinyfast export MODEL OUT`` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "export",
-        help="write the int8 runtime bundle of a BERT classifier",
-        description="Write the runtime bundle (tinyfast.json, model.safetensors, tokenizer.json) "
-                    "of a BERT classifier checkpoint: a tinyfast finetune teacher, a TinyBERT "
-                    "student or a Hugging Face BertForSequenceClassification. Early-exit "
-                    "branches (branches.json + branches.safetensors) beside the checkpoint are "
-                    "included. A checkpoint without tinyfast_task.json takes its labels from "
-                    "config.json's id2label and max length 128.",
-    )
-    p.add_argument("model", metavar="MODEL", help="classifier checkpoint directory")
-    p.add_argument("out", metavar="OUT", help="bundle directory to write (replaced if it holds a "
-                   "bundle; any other non-empty directory is refused)")
-    p.add_argument("--dtype", choices=DTYPES, default="int8",
-                   help="int8 weights, or f32 for an unquantized bundle to compare against "
-                        "(default: %(default)s)")
-    p.add_argument("--branches", metavar="DIR", default=None,
-                   help="directory with branches.json + branches.safetensors (default: MODEL "
-                        "when it has them; none otherwise)")
-    p.add_argument("--max-length", metavar="N", type=int, default=None,
-                   help="tokens per text or pair (default: the task's, from "
-                        "tinyfast_task.json, else 128)")
-    p.set_defaults(run=_run_export)
-    return p
-
-
-def _run_export(args: argparse.Namespace) -> int:
-    out = export(args.model, args.out, dtype=args.dtype, branches_dir=args.branches,
-                 max_length=args.max_length)
-    bundle = json.loads((out / BUNDLE_CONFIG).read_text(encoding="utf-8"))
-    summary = {
-        "bundle": str(out),
-        "quantization": bundle["quantization"],
-        "task": bundle["task"],
-        "labels": bundle["labels"],
-        "max_length": bundle["max_length"],
-        "exits": bundle["exits"],
-        "bytes": sum(f.stat().st_size for f in out.iterdir()),
-    }
-    print(json.dumps(summary, indent=1))
-    return 0
+    return say

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tinyfast.data import Encoded
+from tinyfast.data.readers import Encoded
 
 
 class EncodedDataset(torch.utils.data.Dataset):

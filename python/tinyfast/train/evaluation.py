@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinyfast.batching import collate
+from tinyfast.data.batching import collate
 
 
 @torch.no_grad()
@@ -20,11 +20,17 @@ def predict_logits(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     pad_id: int = 0,
+    progress: str | None = None,
 ) -> np.ndarray:
     """Logits of every row, in dataset order. Rows are batched by length (less padding) and put
-    back in place afterwards. ``forward`` maps a batch to logits ``[B, C]``."""
+    back in place afterwards. ``forward`` maps a batch to logits ``[B, C]``. ``progress`` names a
+    progress bar over the rows (on stderr); None shows none."""
+    from tqdm import tqdm
+
     order = np.argsort(np.asarray(lengths), kind="stable")
     out: np.ndarray | None = None
+    bar = tqdm(total=len(order), desc=progress, unit="row", disable=progress is None,
+               dynamic_ncols=True)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         batch = collate([dataset[int(i)] for i in rows], pad_id)
@@ -34,6 +40,8 @@ def predict_logits(
         if out is None:
             out = np.empty((len(order), logits.shape[1]), dtype=np.float32)
         out[rows] = logits
+        bar.update(len(rows))
+    bar.close()
     if out is None:
         raise ValueError("cannot predict on an empty dataset")
     return out
@@ -94,3 +102,17 @@ def _ranks(x: np.ndarray) -> np.ndarray:
         if tied.sum() > 1:
             ranks[tied] = ranks[tied].mean()
     return ranks
+
+
+def dev_evaluator(task: str, dev: Any, device: torch.device, pad_id: int, attr: str
+                  ) -> Callable[[nn.Module], dict[str, float]]:
+    """An ``evaluate`` for train.run: the metrics on ``dev`` (a tokenized split) of the classifier
+    held in attribute ``attr`` of the trained module (a Step)."""
+
+    def evaluate(module: nn.Module) -> dict[str, float]:
+        model = getattr(module, attr)
+        logits = predict_logits(classifier_logits(model), dev.dataset, dev.lengths,
+                                device=device, pad_id=pad_id)
+        return task_metrics(task, logits, dev.labels)
+
+    return evaluate

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,14 @@ class DistContext:
     def barrier(self) -> None:
         if self.is_distributed:
             dist.barrier()
+
+    def from_main(self, value: Any) -> Any:
+        """``value`` as rank 0 has it, on every rank (a picklable object; others pass None)."""
+        if not self.is_distributed:
+            return value
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 def setup(device: str | None = None) -> DistContext:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinyfast._io import json_type, read_json_object
 from tinyfast.errors import ConfigError, DataError
 
 TASK_TYPES = ("classification", "regression")
@@ -199,7 +200,7 @@ def _read_jsonl(path: PathLike, columns: Columns, task: str) -> list[Example]:
         except json.JSONDecodeError as e:
             raise DataError(where, f"invalid JSON: {e.msg} (column {e.colno})") from None
         if not isinstance(obj, dict):
-            raise DataError(where, f"expected a JSON object, got {_json_type(obj)}")
+            raise DataError(where, f"expected a JSON object, got {json_type(obj)}")
         keys = [k for k in (columns.text_a, columns.text_b, columns.label) if k is not None]
         for key in keys:
             if key not in obj:
@@ -224,7 +225,7 @@ def _text_field(value: str, name: str, where: str) -> str:
 
 def _json_text(value: Any, name: str, where: str) -> str:
     if not isinstance(value, str):
-        raise DataError(where, f"{name!r} must be a string, got {_json_type(value)}")
+        raise DataError(where, f"{name!r} must be a string, got {json_type(value)}")
     return _text_field(value, name, where)
 
 
@@ -237,7 +238,7 @@ def _json_label(value: Any, task: str, where: str) -> str | float:
     if task == "regression" and numeric:
         return _parse_label(str(value), task, where)
     wanted = "a string or an integer" if task == "classification" else "a number"
-    raise DataError(where, f"label must be {wanted}, got {_json_type(value)} {value!r}")
+    raise DataError(where, f"label must be {wanted}, got {json_type(value)} {value!r}")
 
 
 def _parse_label(raw: str, task: str, where: str) -> str | float:
@@ -253,20 +254,6 @@ def _parse_label(raw: str, task: str, where: str) -> str | float:
     if not math.isfinite(value):
         raise DataError(where, f"label {label!r} is not a finite number")
     return value
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 def _check_task(task: str) -> None:
@@ -332,7 +319,7 @@ class TaskMeta:
     def from_dict(cls, d: Any, where: str) -> TaskMeta:
         """Validate and build from ``to_dict`` output; problems raise ``DataError`` at ``where``."""
         if not isinstance(d, dict):
-            raise DataError(where, f"expected a JSON object, got {_json_type(d)}")
+            raise DataError(where, f"expected a JSON object, got {json_type(d)}")
         version = d.get("version", TASK_FILE_VERSION)
         if not isinstance(version, int) or version > TASK_FILE_VERSION:
             raise DataError(where, f"version {version!r} is newer than this tinyfast understands")
@@ -373,12 +360,8 @@ class TaskMeta:
         path = Path(directory) / TASK_FILE
         if not path.is_file():
             raise DataError(str(path), "no task file here (is this a tinyfast model directory?)")
-        text = "\n".join(_read_lines(path))
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}", f"invalid JSON: {e.msg}") from None
-        return cls.from_dict(d, str(path))
+        return cls.from_dict(read_json_object(path, "the task's metadata object",
+                                              error=DataError), str(path))
 
 
 def _names(labels: Sequence[str], limit: int = 20) -> str:

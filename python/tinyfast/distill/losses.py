@@ -8,12 +8,12 @@ least float32 so half-precision activations cannot overflow when squared and sum
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from tinyfast.distill.capture import Internals
 from tinyfast.errors import ConfigError
 
 __all__ = [
@@ -280,20 +280,6 @@ class LossWeights:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"loss weight {name} must be a finite number >= 0, got {value}")
-
-
-@dataclass
-class Internals:
-    """What distillation needs from one forward pass of a model.
-
-    ``hidden_states[0]`` is the embedding output and ``hidden_states[i]`` the output of layer i (as
-    Hugging Face's ``output_hidden_states``); ``attention_scores[i - 1]`` holds layer i's
-    pre-softmax scores [B, H, L, L]; ``logits`` is the classifier output.
-    """
-
-    hidden_states: Sequence[Tensor]
-    attention_scores: Sequence[Tensor] | None = None
-    logits: Tensor | None = None
 
 
 def intermediate_loss(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyfast.batching import EncodedDataset
-from tinyfast.data import (
+from tinyfast.data.batching import EncodedDataset
+from tinyfast.data.readers import (
     Columns,
     Example,
     TaskMeta,

@@ -1,0 +1,1 @@
+"""Flows that chain the stages: the demo on a generated task."""
