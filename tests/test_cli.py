@@ -188,6 +188,177 @@ def test_max_length_beyond_the_teachers_positions(capsys, finetune_args, tmp_pat
     assert "64" in line
 
 
+@pytest.mark.parametrize(("flag", "value", "words"), [
+    ("epochs", "nan", "expected a finite number, got 'nan'"),
+    ("epochs", "inf", "expected a finite number, got 'inf'"),
+    ("epochs", "0", "must be > 0"),
+    ("lr", "nan", "expected a finite number, got 'nan'"),
+    ("lr", "-0.5", "must be > 0"),
+    ("warmup", "nan", "expected a finite number"),
+    ("weight_decay", "nan", "expected a finite number"),
+    ("max_grad_norm", "inf", "expected a finite number"),
+    ("seed", str(2**64), "must be in 0..9223372036854775807"),
+    ("seed", "-1", "must be in 0.."),
+    ("seed", "1.5", "expected an integer, got '1.5'"),
+    ("max_steps", "-2", "must be >= 0"),
+    ("max_length", "0", "must be >= 1"),
+])
+def test_bad_numbers_in_flags_are_one_line(capsys, finetune_args, flag, value, words):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(finetune_args(**{flag: value}))
+    line = one_error_line(capsys, exit_info.value.code, "tinyfast finetune")
+    assert f"argument --{flag.replace('_', '-')}: {words}" in line
+
+
+@pytest.mark.parametrize("argv", [
+    ["distill", "task", "--teacher", "t", "--train", "a", "--dev", "b", "--out", "o",
+     "--temperature", "nan"],
+    ["distill", "task", "--teacher", "t", "--train", "a", "--dev", "b", "--out", "o",
+     "--prediction-lr", "inf"],
+    ["distill", "general", "--corpus", "c", "--out", "o", "--heldout", "nan"],
+    ["export", "m", "o", "--max-length", "inf"],
+    ["evaluate", "m", "d", "--batch-size", "nan"],
+])
+def test_bad_numbers_in_other_commands_are_one_line(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    one_error_line(capsys, exit_info.value.code, "tinyfast " + " ".join(
+        argv[:2] if argv[0] == "distill" else argv[:1]))
+
+
+def test_train_config_rejects_non_finite_values_from_python():
+    from tinyfast.errors import ConfigError
+    from tinyfast.train import TrainConfig
+
+    for change in ({"epochs": float("nan")}, {"lr": float("inf")}, {"warmup": float("nan")},
+                   {"seed": 2**64}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**change).validate()
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tinyfast {tinyfast.__version__}"
+
+
+# ------------------------------------------------------------------------------------------------
+# the output directory: a run never replaces files it did not write
+
+
+def test_finetune_refuses_a_directory_with_other_files(capsys, finetune_args, tmp_path):
+    out = tmp_path / "run"
+    (out / "model").mkdir(parents=True)
+    mine = write(out / "model" / "notes.txt", "my own notes")
+    (out / "work" / "checkpoints").mkdir(parents=True)
+    kept = write(out / "work" / "checkpoints" / "precious.bin", "x")
+    line = one_error_line(capsys, cli.main(finetune_args()), "tinyfast")
+    assert f"{out}: is not empty and holds no tinyfast run" in line and "--overwrite" in line
+    assert mine.read_text() == "my own notes" and kept.read_text() == "x"
+
+
+def test_finetune_reruns_into_its_own_run(capsys, finetune_args, tmp_path):
+    assert cli.main(finetune_args(max_steps="1")) == 0
+    assert cli.main(finetune_args(max_steps="1")) == 0  # a rerun of the same command
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_overwrite_lets_a_run_in_but_keeps_foreign_files(capsys, finetune_args, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = write(out / "notes.txt", "keep me")
+    assert cli.main([*finetune_args(max_steps="1"), "--overwrite"]) == 0
+    assert mine.read_text() == "keep me"
+    assert (out / "model" / "config.json").is_file()
+
+
+def test_distill_task_refuses_the_teachers_run(capsys, finetuned_teacher, demo_data,
+                                               tiny_student_json):
+    teacher_run = finetuned_teacher[0]
+    before = {p: p.stat().st_mtime_ns for p in (teacher_run / "model").iterdir()}
+    code = cli.main(["distill", "task", "--teacher", str(teacher_run / "model"),
+                     "--student", str(tiny_student_json), "--train", str(demo_data["train"]),
+                     "--dev", str(demo_data["dev"]), "--out", str(teacher_run), "--no-progress"])
+    line = one_error_line(capsys, code, "tinyfast")
+    assert f"{teacher_run}: holds a 'finetune' run, not a 'distill task' run" in line
+    assert {p: p.stat().st_mtime_ns for p in (teacher_run / "model").iterdir()} == before
+
+
+def test_distill_general_refuses_a_file_as_out(capsys, tiny_teacher_dir, demo_data, tmp_path):
+    out = write(tmp_path / "out", "a file")
+    code = cli.main(["distill", "general", "--teacher", str(tiny_teacher_dir), "--corpus",
+                     str(demo_data["corpus"]), "--out", str(out), "--no-progress"])
+    line = one_error_line(capsys, code, "tinyfast")
+    assert f"{out}: exists and is not a directory" in line
+    assert out.read_text() == "a file"
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints never run code
+
+
+def test_a_checkpoint_that_needs_custom_code_is_refused(capsys, finetune_args, tiny_teacher_dir,
+                                                         tmp_path):
+    import shutil
+
+    teacher = tmp_path / "custom"
+    shutil.copytree(tiny_teacher_dir, teacher)
+    config = json.loads((teacher / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    write(teacher / "config.json", json.dumps(config))
+    marker = tmp_path / "ran"
+    write(teacher / "modeling_evil.py", f"open({str(marker)!r}, 'w').write('ran')\n")
+    line = one_error_line(capsys, cli.main(finetune_args(teacher=str(teacher))), "tinyfast")
+    assert f"{teacher / 'config.json'}: the checkpoint needs its own Python code (auto_map)" in line
+    assert not marker.exists()
+
+
+def test_custom_code_in_the_tokenizer_config_is_refused(capsys, finetune_args, tiny_teacher_dir,
+                                                         tmp_path):
+    import shutil
+
+    teacher = tmp_path / "custom-tok"
+    shutil.copytree(tiny_teacher_dir, teacher)
+    write(teacher / "tokenizer_config.json",
+          json.dumps({"auto_map": {"AutoTokenizer": ["tok.Evil", None]}}))
+    line = one_error_line(capsys, cli.main(finetune_args(teacher=str(teacher))), "tinyfast")
+    assert "tokenizer_config.json: the checkpoint needs its own Python code" in line
+
+
+def test_a_pickled_checkpoint_with_code_is_one_line(capsys, finetune_args, tiny_teacher_dir,
+                                                    tmp_path):
+    import pickle
+    import shutil
+
+    teacher = tmp_path / "pickled"
+    shutil.copytree(tiny_teacher_dir, teacher)
+    (teacher / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (teacher / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Evil()}))
+    code = cli.main(finetune_args(teacher=str(teacher)))
+    line = one_error_line(capsys, code, "tinyfast")
+    assert str(teacher) in line
+    assert not marker.exists()
+
+
+def test_shards_outside_the_checkpoint_are_refused(capsys, finetune_args, tiny_teacher_dir,
+                                                   tmp_path):
+    import shutil
+
+    teacher = tmp_path / "sharded"
+    shutil.copytree(tiny_teacher_dir, teacher)
+    write(teacher / "model.safetensors.index.json",
+          json.dumps({"weight_map": {"embeddings.word_embeddings.weight": "../../etc/passwd"}}))
+    line = one_error_line(capsys, cli.main(finetune_args(teacher=str(teacher))), "tinyfast")
+    assert "shard '../../etc/passwd' is not a file name inside the checkpoint" in line
+
+
 # ------------------------------------------------------------------------------------------------
 # commands that work
 

@@ -29,6 +29,12 @@ from tinyfast.distill import (  # noqa: E402
     distill_general,
     distill_task,
 )
+from tinyfast.distill.intermediate import (  # noqa: E402
+    PROJECTION_SPEC,
+    PROJECTION_WEIGHTS,
+    load_projection,
+)
+from tinyfast.distill.losses import Projection  # noqa: E402
 from tinyfast.errors import ConfigError  # noqa: E402
 from tinyfast.finetune import finetune  # noqa: E402
 from tinyfast.models import load_tokenizer  # noqa: E402
@@ -212,6 +218,54 @@ def test_distill_general_lowers_the_heldout_loss(general_student):
     assert (cfg["num_hidden_layers"], cfg["hidden_size"]) == (2, 16)
     assert (out / "model" / "model.safetensors").is_file()
     assert (out / "model" / "tokenizer.json").is_file()
+
+
+def test_general_checkpoint_is_an_encoder_with_its_projections(general_student):
+    model_dir = general_student[0] / "model"
+    cfg = saved_config(model_dir)
+    assert not {"id2label", "label2id", "num_labels", "problem_type"} & set(cfg)
+    assert cfg["architectures"] == ["BertModel"]
+    assert not (model_dir / "tinyfast_task.json").exists()
+    assert not any(k.startswith("classifier") for k in load_file(model_dir / "model.safetensors"))
+    spec = json.loads((model_dir / PROJECTION_SPEC).read_text(encoding="utf-8"))
+    assert spec == {"format_version": 1, "student_dim": 16, "teacher_dim": 32, "num_layers": 2,
+                    "shared": True}
+    saved = load_file(model_dir / PROJECTION_WEIGHTS)
+    fresh = Projection(16, 32, 2)
+    assert saved.keys() == fresh.state_dict().keys()
+    assert load_projection(fresh, model_dir)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_next_stages_start_from_the_saved_projections(monkeypatch, tmp_path, finetuned_teacher,
+                                                      general_student, demo_data,
+                                                      tiny_student_json, tiny_teacher_dir,
+                                                      make_config, max_length):
+    import tinyfast.distill.general as general_module
+    import tinyfast.distill.task as task_module
+
+    general_dir = general_student[0] / "model"
+    saved = load_file(general_dir / PROJECTION_WEIGHTS)
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def recording(projection, directory):
+        loaded = load_projection(projection, directory)
+        seen.append({k: v.detach().clone() for k, v in projection.state_dict().items()})
+        return loaded
+
+    monkeypatch.setattr(task_module, "load_projection", recording)
+    monkeypatch.setattr(general_module, "load_projection", recording)
+    run_task(finetuned_teacher[0], demo_data, tmp_path / "task", tiny_student_json, make_config,
+             init="checkpoint", init_checkpoint=str(general_dir))
+    distill_general(str(tiny_teacher_dir), demo_data["corpus"], tmp_path / "general-2",
+                    student=str(tiny_student_json), init="checkpoint",
+                    init_checkpoint=str(general_dir), max_length=max_length, heldout=0.25,
+                    config=make_config(max_steps=1))
+    assert len(seen) == 2
+    for state in seen:  # task step 1 and a continued general run start from W_h / W_e
+        assert all(torch.equal(state[k], v) for k, v in saved.items())
+    # Task distillation keeps the projections it trained beside its student.
+    assert (tmp_path / "task" / "model" / PROJECTION_WEIGHTS).is_file()
 
 
 # ------------------------------------------------------------------------------------------------

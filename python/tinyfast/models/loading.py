@@ -12,6 +12,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,15 +176,18 @@ def _from_pretrained(
 
     ``new_head``: weights outside the base model (the task head) are expected to be missing.
     """
-    with _quiet_load_report() as report:
+    with _quiet_load_report() as report, warnings.catch_warnings():
+        # torch's unpickler warns about pickle protocols before it refuses a file; the refusal
+        # below says what matters.
+        warnings.filterwarnings("ignore", module="torch._weights_only_unpickler")
         try:
             model, info = auto_cls.from_pretrained(
                 path, config=config, local_files_only=True, output_loading_info=True,
                 trust_remote_code=False,
             )
         except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
-            details = "".join(f"\n{text}" for text in report.held)
-            raise ConfigError(f"{path}: cannot load the model weights: {exc}{details}") from exc
+            raise ConfigError(f"{path}: cannot load the model weights: "
+                              f"{_weights_problem(exc, report.held)}") from None
     prefix = model.base_model_prefix
     is_base = model.base_model is model
 
@@ -204,6 +208,21 @@ def _from_pretrained(
         )
     # Training runs in float32 whatever dtype the checkpoint was stored in.
     return model.float()
+
+
+def _weights_problem(exc: BaseException, held: list[str]) -> str:
+    """One line on why weights did not load (torch and transformers explain over many)."""
+    text = str(exc).strip()
+    if "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
+        return ("the pickle (pytorch_model.bin) holds more than tensors; tinyfast never runs "
+                "code from a checkpoint (convert it to model.safetensors)")
+    first = text.splitlines()[0] if text else type(exc).__name__
+    # transformers' own report (mismatched, missing or unexpected keys) is often the real
+    # reason: keep its lines, joined into this one.
+    lines = [" ".join(line.split()) for text in held for line in text.splitlines()]
+    lines = [line for line in lines if line and not set(line) <= set("-+|= ")]
+    shown = lines[:12] + (["..."] if len(lines) > 12 else [])
+    return "; ".join([first, *shown])
 
 
 def load_encoder(name_or_path: str | os.PathLike[str]) -> PreTrainedModel:
@@ -310,8 +329,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             # weights_only refuses pickled code: tensors and plain containers load, nothing runs.
             return torch.load(legacy, map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: cannot read the model weights: {first}") from None
+        raise ConfigError(f"{path}: cannot read the model weights: "
+                          f"{_weights_problem(exc, [])}") from None
     raise ConfigError(f"{path}: no model weights (model.safetensors or pytorch_model.bin)")
 
 
