@@ -410,6 +410,14 @@ def test_evaluate_reproduces_the_best_dev_accuracy(capsys, finetuned_teacher, de
     assert result["macro_f1"] == pytest.approx(summary["best"]["macro_f1"], abs=1e-12)
 
 
+def test_evaluate_shows_progress_unless_told_not_to(capsys, finetuned_teacher, demo_data):
+    model = str(finetuned_teacher[0] / "model")
+    assert cli.main(["evaluate", model, str(demo_data["dev"])]) == 0
+    assert "evaluate" in capsys.readouterr().err  # the progress bar's name, on stderr
+    assert cli.main(["evaluate", model, str(demo_data["dev"]), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_distill_general_then_task(capsys, tiny_teacher_dir, demo_data, tiny_student_json,
                                    tmp_path, finetuned_teacher, max_length):
     common = ["--student", str(tiny_student_json), "--no-progress", "--batch-size", "16"]

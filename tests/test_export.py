@@ -652,6 +652,68 @@ def test_refuses_to_overwrite_other_files(checkpoint: Path, tmp_path: Path) -> N
         export(checkpoint, tmp_path / "out", dtype="fp16")
 
 
+def test_the_loser_of_a_publish_race_gets_one_line(checkpoint: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another export swaps its bundle in between this export's two renames: this one must say
+    so in one line and leave the winner's bundle whole."""
+    import tinyfast._io as io
+
+    out = export(checkpoint, tmp_path / "out")
+    real_replace = io.os.replace
+    calls = 0
+
+    def racing(src, dst):
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the moment this export moves the old bundle aside...
+            winner = Path(str(out) + ".winner")
+            export(checkpoint, winner, dtype="f32")
+            real_replace(out, Path(dst).parent / "gone")  # ...another one already has
+            real_replace(winner, out)
+            raise FileNotFoundError(2, "No such file or directory", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", racing)
+    with pytest.raises(ConfigError) as info:
+        export(checkpoint, out)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert message.startswith(f"{out}: another process replaced it") and "\n" not in message
+    assert ReferenceModel.load(out).quantized is False  # the winner's f32 bundle, intact
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".out.tmp-")]
+
+
+def test_concurrent_exports_into_one_out(checkpoint: Path, tmp_path: Path) -> None:
+    """Real processes racing: each one succeeds or fails with one line, and OUT ends up a
+    complete bundle."""
+    out = tmp_path / "shared"
+    code = ("import sys; from tinyfast.cli import main; "
+            f"sys.exit(main(['export', {str(checkpoint)!r}, {str(out)!r}, '--no-progress']))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode in (0, 2), err
+        assert "Traceback" not in err, err
+        if proc.returncode == 2:
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].startswith("tinyfast: error: "), err
+    assert any(p.returncode == 0 for p in procs)
+    ReferenceModel.load(out)
+
+
+def test_export_prints_its_stages(checkpoint: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from tinyfast.cli import main
+
+    assert main(["export", str(checkpoint), str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" ")[1] for line in err] == ["reading", "quantizing", "writing",
+                                                    "checking"]
+    assert main(["export", str(checkpoint), str(tmp_path / "b"), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 # ------------------------------------------------------------------------------------------------
 # Command line and imports
 

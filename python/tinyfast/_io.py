@@ -16,6 +16,7 @@ from tinyfast.errors import ConfigError
 
 # Metadata files (configs, task files, specs) are small; anything larger is not one of ours.
 JSON_LIMIT = 64 << 20
+_CHUNK = 16 << 20
 
 
 # Builds the exception for a problem at a place: ``error(where, problem)``.
@@ -42,11 +43,20 @@ def read_limited(path: str | os.PathLike[str], limit: int,
         raise error(str(path), f"cannot be read: {exc.strerror}") from None
     if not stat.S_ISREG(mode):
         raise error(str(path), f"not a regular file ({_kind(mode)})")
+    chunks: list[bytes] = []
+    total = 0
     try:
         with open(path, "rb") as f:
-            data = f.read(limit + 1)
+            # In pieces: read(limit + 1) would reserve the whole limit up front.
+            while total <= limit:
+                chunk = f.read(min(_CHUNK, limit + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
     except OSError as exc:
         raise error(str(path), f"cannot be read: {exc.strerror}") from None
+    data = b"".join(chunks)
     if len(data) > limit:
         raise error(str(path), f"larger than the {limit}-byte limit for this file")
     return data

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyfast._io import json_type, read_json_object
+from tinyfast._io import json_type, read_json_object, read_limited
 from tinyfast.errors import ConfigError, DataError
 
 TASK_TYPES = ("classification", "regression")
@@ -27,6 +27,8 @@ TASK_FILE_VERSION = 1
 
 _EXTENSIONS = {".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
 _MIN_MAX_LENGTH = 8  # room for [CLS] a [SEP] b [SEP] and a few real tokens
+# A data file is read whole; this only stops an endless source (a device) from eating memory.
+DATA_LIMIT = 64 << 30
 _ENCODE_CHUNK = 2048  # rows per tokenizer call: bounds the memory of the tokenizer's outputs
 
 PathLike = str | os.PathLike
@@ -70,15 +72,7 @@ def detect_format(path: PathLike) -> str:
 def _read_lines(path: PathLike) -> list[str]:
     """All lines of a UTF-8 file without line endings; errors name the file (and line)."""
     name = str(path)
-    p = Path(path)
-    if not p.exists():
-        raise DataError(name, "no such file")
-    if p.is_dir():
-        raise DataError(name, "is a directory, expected a file")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise DataError(name, f"cannot read the file: {e.strerror or e}") from None
+    data = read_limited(path, DATA_LIMIT, error=DataError)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

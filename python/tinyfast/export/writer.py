@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tinyfast._io import read_json_object, replace_dir
+from tinyfast._io import read_json_object, read_limited, replace_dir
 from tinyfast.bundle import (
     BUNDLE_CONFIG,
     BUNDLE_FORMAT,
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 DTYPES = ("int8", "f32")
 SUPPORTED_ARCHITECTURE = "BertForSequenceClassification"
+# The runtime's own limit for tokenizer.json: a bundle must load where it was written.
+TOKENIZER_LIMIT = 128 << 20
 # For checkpoints without tinyfast_task.json (plain Hugging Face classifiers).
 DEFAULT_MAX_LENGTH = 128
 
@@ -235,8 +237,11 @@ def _tokenizer_json(path: Path, vocab_size: int) -> str:
     truncation or padding: the runtime truncates to the bundle's max_length and pads per batch,
     and a fixed setting saved with the checkpoint (MiniLM's pads every text to 128) must not."""
     source = path / "tokenizer.json"
-    if source.is_file():
-        text = source.read_text(encoding="utf-8")
+    if source.exists():
+        try:
+            text = read_limited(source, TOKENIZER_LIMIT).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start})") from None
     else:
         from transformers import AutoTokenizer
 
