@@ -26,6 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benches/_paths.py when loaded by path
+from _paths import recorded_path  # noqa: E402
+
 
 def _run(name: str, out: Path, argv: list[str], threads: int) -> subprocess.Popen | None:
     """Starts one CLI run unless its metrics exist; its log goes to ``out/<name>.log``."""
@@ -167,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         point["share_of_teacher"] = point["dev_accuracy"] / teacher
     result = {
         "benchmark": "distill_budget",
-        "settings": vars(args),
+        "settings": vars(args)
+        | {key: recorded_path(getattr(args, key)) for key in ("base", "data", "out")},
         "teacher_dev_accuracy": teacher,
         "general": {
             "base_epochs": base_epochs,

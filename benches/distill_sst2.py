@@ -32,6 +32,9 @@ from tinyfast import train
 from tinyfast.distill import IntermediateOptions, StageSettings, distill_general, distill_task
 from tinyfast.finetune import finetune
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benches/_paths.py when loaded by path
+from _paths import recorded_path  # noqa: E402
+
 
 def _stage(out: Path, name: str, run) -> dict[str, Any]:
     """Runs one stage unless its metrics exist already; returns its summary."""
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "platform": platform.platform(),
         },
-        "settings": vars(args),
+        "settings": vars(args) | {"data": recorded_path(data), "out": recorded_path(out)},
         "teacher": {
             "dev_accuracy": t_acc,
             "seconds": teacher["seconds"],

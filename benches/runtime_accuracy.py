@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benches/_paths.py when loaded by path
+from _paths import recorded_path  # noqa: E402
+
 SCHEMA_VERSION = 1
 ENGINES = ("torch_fp32", "tinyfast_int8", "tinyfast_f32")
 GOAL_POINTS = 0.3
@@ -254,8 +257,8 @@ def evaluate(model: str, data: str, work: Path, threads: int, batch_size: int) -
     model_dir = Path(model)
     meta = TaskMeta.load(model_dir)
     record: dict[str, Any] = {
-        "model": str(model_dir),
-        "data": str(data),
+        "model": recorded_path(model_dir),
+        "data": recorded_path(data),
         "task": meta.task,
         "labels": list(meta.labels),
         "columns": {
@@ -422,7 +425,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         try:
             runs.append(evaluate(model, data, pair_dir, args.threads, args.batch_size))
         except Exception as exc:
-            runs.append({"model": model, "data": data, "failed": f"{type(exc).__name__}: {exc}"})
+            where = {"model": recorded_path(model), "data": recorded_path(data)}
+            runs.append(where | {"failed": f"{type(exc).__name__}: {exc}"})
     verdicts = [r.get("goals_met") for r in runs]
     if hasattr(os, "getloadavg"):
         machine["load_average_at_end"] = list(os.getloadavg())

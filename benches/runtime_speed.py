@@ -26,6 +26,10 @@ send known shares of the rows out after chosen layers (none; all after layer 1; 
 reports, and compares the time of each schedule with no exit and with the layer-count model. Goal:
 every row leaving after layer 1 of 4 is >= 3x faster than no exit, at batch 1 and batch 32.
 
+The JSON names the model and bundles it builds ``<WORK>/...`` (under ``--work-dir``, a temporary
+directory unless given) and a given ``--model`` or ``--texts`` relative to the repository root
+(benches/_paths.py).
+
     python benches/runtime_speed.py --threads 1 --out bench-results/runtime_speed.json
     python benches/runtime_speed.py --model runs/student/model --texts ../shared/data/sst2/dev.tsv
 """
@@ -55,6 +59,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benches/_paths.py when loaded by path
+from _paths import recorded_path  # noqa: E402
 
 REFERENCE = "torch_fp32"
 BASELINE = "ort_int8"
@@ -104,6 +111,7 @@ class Contender:
     # One timed call: raw texts and the workload's sequence length in, answers out.
     predict: Callable[[list[str], int], Prediction]
     settings: dict[str, Any] = field(default_factory=dict)
+    bundle: Path | None = None  # a tinyfast contender's bundle directory
 
 
 @dataclass
@@ -137,7 +145,7 @@ def _from_logits(logits: np.ndarray) -> Prediction:
 # Model and texts
 
 
-def build_tinybert4(out_dir: Path, seed: int, max_length: int) -> dict[str, Any]:
+def build_tinybert4(out_dir: Path, seed: int, max_length: int, work: Path) -> dict[str, Any]:
     """A tinybert4-shaped classifier with random weights and the packaged MiniLM tokenizer."""
     import torch
     from transformers import AutoConfig, BertForSequenceClassification
@@ -166,7 +174,7 @@ def build_tinybert4(out_dir: Path, seed: int, max_length: int) -> dict[str, Any]
     save_classifier(model, tokenizer, meta, out_dir)
     return {
         "source": f"built: tinybert4 preset, random weights (torch seed {seed}), MiniLM tokenizer",
-        "path": str(out_dir),
+        "path": recorded_path(out_dir, work, "<WORK>"),
     }
 
 
@@ -180,7 +188,8 @@ def load_source_texts(path: str | None, column: str, seed: int) -> tuple[list[st
         texts = [ex.text_a for ex in read_examples(path, columns, format=fmt) if ex.text_a.strip()]
         if not texts:
             raise SystemExit(f"runtime_speed: {path}: no non-empty texts")
-        return texts, f"file: {path} (column {column!r})" if fmt != "text" else f"file: {path}"
+        where = f"file: {recorded_path(path)}"
+        return texts, f"{where} (column {column!r})" if fmt != "text" else where
     rng = random.Random(seed)
     texts = [
         " ".join(rng.choice(_WORDS) for _ in range(rng.randint(6, 24))) + " ." for _ in range(500)
@@ -375,7 +384,7 @@ def ort_contenders(
         "op_types_to_quantize": "default (all ORT integer ops: MatMul, Attention, Gather, ...)",
         "extra_options": {"DefaultTensorType": "FLOAT"},
     }
-    session_settings = {
+    ort_options = {
         "intra_op_num_threads": threads,
         "inter_op_num_threads": 1,
         "execution_mode": "ORT_SEQUENTIAL",
@@ -418,27 +427,27 @@ def ort_contenders(
                 # Shape inference cannot type the outputs of ORT's fused contrib ops.
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
-        session = ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
+        engine = ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
         ops = Counter(node.op_type for node in onnx.load(str(int8_path)).graph.node)
         settings = {
             "export": export,
             "graph_optimizer": optimizer,
             "quantization": quant,
             "int8_graph_ops": dict(ops.most_common()),
-            "session": session_settings,
+            "inference_options": ort_options,
             "tokenizer": "HF fast tokenizer, padding=longest, truncation",
             "model_bytes": int8_path.stat().st_size,
         }
-        out.append(Contender(name, _ort_predict(session, tokenizer), settings))
+        out.append(Contender(name, _ort_predict(engine, tokenizer), settings))
     return out
 
 
-def _ort_predict(session: Any, tokenizer: Any) -> Callable[[list[str], int], Prediction]:
-    inputs = [i.name for i in session.get_inputs()]
+def _ort_predict(engine: Any, tokenizer: Any) -> Callable[[list[str], int], Prediction]:
+    inputs = [i.name for i in engine.get_inputs()]
 
     def predict(texts: list[str], seq_len: int) -> Prediction:
         enc = _hf_encode(tokenizer, texts, seq_len, "np")
-        logits = session.run(["logits"], {n: enc[n].astype(np.int64, copy=False) for n in inputs})
+        logits = engine.run(["logits"], {n: enc[n].astype(np.int64, copy=False) for n in inputs})
         return _from_logits(logits[0])
 
     return predict
@@ -481,7 +490,7 @@ def tinyfast_contender(
         "bundle": f"tinyfast.export.export(model, out, dtype={dtype!r}"
         + "".join(f", {k}={v!r}" for k, v in extra.items())
         + ")",
-        "bundle_dir": str(bundle),
+        "bundle_dir": recorded_path(bundle, work, "<WORK>"),
         "quantization": meta.get("quantization"),
         "max_length": meta.get("max_length"),
         "exits": meta.get("exits", []),
@@ -492,7 +501,7 @@ def tinyfast_contender(
     }
     if hasattr(tinyfast, "cpu_capabilities"):
         settings["kernel"] = tinyfast.cpu_capabilities().get("best_kernel")
-    return Contender(name, predict, settings), {"settings": settings}, runtime, meta
+    return Contender(name, predict, settings, bundle), {"settings": settings}, runtime, meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1393,10 +1402,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     max_seq = max(seq for _, seq in args.workloads)
     if args.model:
         model_dir = Path(args.model)
-        model_info = {"source": "given", "path": str(model_dir)}
+        model_info = {"source": "given", "path": recorded_path(model_dir)}
     else:
         model_dir = work / "tinybert4"
-        model_info = build_tinybert4(model_dir, args.seed, max(128, max_seq))
+        model_info = build_tinybert4(model_dir, args.seed, max(128, max_seq), work)
     tokenizer = load_tokenizer(model_dir)
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     if config.num_labels < 2:
@@ -1555,7 +1564,8 @@ def _tinyfast_skip(c: Contender, wl: Workload) -> str | None:
         return f"bundle max_length {max_length} < sequence {wl.seq_len}: it would truncate"
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(Path(c.settings["bundle_dir"]) / "tokenizer.json"))
+    assert c.bundle is not None  # every tinyfast contender has one
+    tokenizer = Tokenizer.from_file(str(c.bundle / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.no_truncation()
     lengths = Counter(len(e.ids) for e in tokenizer.encode_batch(wl.texts))

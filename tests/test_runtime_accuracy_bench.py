@@ -157,6 +157,22 @@ def test_runs_are_in_order_with_their_tasks(report: dict[str, Any]) -> None:
     assert report["settings"]["threads"]["tinyfast_threads"] == 1
 
 
+def test_recorded_paths_are_never_absolute(
+    report: dict[str, Any], bench: types.ModuleType, tmp_path: Path
+) -> None:
+    for run in report["runs"]:
+        assert not Path(run["model"]).is_absolute() and not Path(run["data"]).is_absolute()
+    repo = BENCH.parents[1]
+    assert bench.recorded_path(repo / "benches" / "results") == "benches/results"
+    shared = repo.parent / "shared" / "data" / "sst2" / "dev.tsv"
+    assert bench.recorded_path(shared) == "../shared/data/sst2/dev.tsv"
+    built = tmp_path / "teacher" / "model"
+    assert bench.recorded_path(built, tmp_path) == "<OUT>/teacher/model"
+    assert bench.recorded_path(built, tmp_path / "teacher", "<WORK>") == "<WORK>/model"
+    if not tmp_path.is_relative_to(repo.parent):
+        assert bench.recorded_path(built) == "<elsewhere>/teacher/model"
+
+
 def test_torch_accuracy_is_the_known_one(report: dict[str, Any]) -> None:
     changed = len(range(0, ROWS, CHANGED_EVERY))
     for run in report["runs"]:

@@ -195,7 +195,7 @@ def test_machine_settings_and_ort_recipe(report: dict[str, Any]) -> None:
     assert ort_fused["int8_graph_ops"].get("QAttention") == LAYERS
     for settings in (ort_plain, ort_fused):
         assert settings["export"]["fp32_onnx_max_abs_logit_diff_vs_torch"] < 1e-4
-        assert settings["session"]["intra_op_num_threads"] == 1
+        assert settings["inference_options"]["intra_op_num_threads"] == 1
     if not hasattr(tinyfast, "Runtime"):
         assert report["early_exit"] == {
             "speed_sweep": {"skipped": "runtime not built"},
@@ -416,6 +416,9 @@ def test_tinyfast_paths_with_a_stand_in_runtime(
     assert list(report["contenders"]) == ["torch_fp32", "ort_int8", "tinyfast_int8", "tinyfast_f32"]
     assert report["contenders"]["tinyfast_int8"]["settings"]["quantization"] == "int8"
     assert report["contenders"]["tinyfast_f32"]["settings"]["quantization"] == "none"
+    for dtype in ("int8", "f32"):  # built in the temporary --work-dir
+        bundle_dir = report["contenders"][f"tinyfast_{dtype}"]["settings"]["bundle_dir"]
+        assert bundle_dir == f"<WORK>/bundle-{dtype}"
     too_long = report["workloads"]["b1_s128"]["results"]["tinyfast_int8"]
     assert "max_length 64 < sequence 128" in too_long["skipped"]
     for name in ("b1_s32", "b32_s32"):
