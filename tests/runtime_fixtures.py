@@ -59,7 +59,7 @@ def tiny_classifier(seed: int = 0, num_labels: int = len(LABELS)) -> Any:
 
 
 def tiny_branches(model: Any, seed: int = 3) -> Any:
-    from tinyfast.branches import random_branches
+    from tinyfast.models.branches import random_branches
 
     return random_branches(model, EXITS, EXIT_KINDS, seed=seed, width=BRANCH_WIDTH)
 

@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
     train.run(module, items, lengths, config, args.work)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, args.out)
-    from tinyfast import distributed
+    from tinyfast.train import distributed
 
     distributed.teardown()
     return 0

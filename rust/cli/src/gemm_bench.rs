@@ -3,17 +3,17 @@
 //! For every shape `M x K x N` (M token rows, K input features, N outputs) and kernel it times
 //! `gemm_dequant` (u8 activations x prepacked int8 weights, dequantized to f32 with a bias, as the
 //! runtime calls it) and, separately, the per-token activation quantization that precedes it in
-//! every int8 linear (the runtime's `model::quantize::quantize_activations_into`). GOPS counts
-//! `2 * M * K * N` operations per call; "linear GOPS" divides them by the time of both steps, which
-//! is what one int8 linear of the encoder costs. Everything runs on one thread: the runtime splits
+//! every int8 linear (the runtime's `model::quantize::quantize_rows`, at the fastest level). GOPS
+//! counts `2 * M * K * N` operations per call; "linear GOPS" divides them by the time of both
+//! steps, which is what one int8 linear of the encoder costs. Everything runs on one thread: the runtime splits
 //! rows over its threads, so a linear on T threads is at best T times faster.
 
 use std::time::Instant;
 
 use serde_json::json;
-use tinyfast_core::cpu::{CpuCapabilities, KernelKind};
+use tinyfast_core::cpu::{CpuCapabilities, Isa, KernelKind};
 use tinyfast_core::gemm::{gemm_dequant, PackedWeights, MAX_K};
-use tinyfast_core::model::quantize::quantize_activations_into;
+use tinyfast_core::model::quantize::quantize_rows;
 use tinyfast_core::quant::QuantizedMatrix;
 
 use crate::args::{self, Flag};
@@ -199,7 +199,7 @@ pub fn run(argv: &[String]) -> Result<(), CliError> {
         let mut scales = vec![0f32; m];
         let mut zps = vec![0u8; m];
         let (quant_s, _) = time_calls(iters, || {
-            quantize_activations_into(&x, m, k, &mut q, &mut scales, &mut zps)
+            quantize_rows(Isa::best(), &x, m, k, &mut q, &mut scales, &mut zps)
                 .map_err(|e| e.to_string())
         })
         .map_err(CliError::Failure)?;

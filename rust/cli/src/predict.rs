@@ -4,8 +4,13 @@
 //! where the input read so far ends, so a writer that sends one line and waits gets its answer), so
 //! any input size runs in bounded memory; each chunk's results are written and flushed before the
 //! next is read. Chunking never changes a result (rows are independent).
-//! A bad line (invalid UTF-8, or no tab in `--pairs` mode) stops the run with an error naming its
-//! line number: the results of the chunks before it have been written already.
+//! A bad line (invalid UTF-8, no tab in `--pairs` mode, or longer than [`MAX_LINE_BYTES`]) stops
+//! the run with an error naming its line number: the results of the chunks before it have been
+//! written already.
+//!
+//! The input may be a pipe or a FIFO (a stream that never ends is fine: it is answered chunk by
+//! chunk); the line limit keeps one that never sends a newline (`/dev/zero`) from growing memory
+//! without bound.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
@@ -32,11 +37,15 @@ options:
   --threads T       worker threads (default 0: one per core)
   --kernel K        int8 kernel: avx512-vnni, avx2 or portable (default: TINYFAST_KERNEL, else
                     the fastest this CPU runs)
-  --input FILE      read lines from FILE ('-': standard input, the default)
+  --input FILE      read lines from FILE ('-': standard input, the default); a named pipe works
+                    too, and is answered line by line as it streams
   --pairs           each line is text_a<TAB>text_b (exactly one tab)
   -h, --help        print this message
 
-Invalid UTF-8, or a line without exactly one tab in --pairs mode, is an error naming the line.";
+A line may hold at most 1 MiB (1048576 bytes, without its line end): the model reads at most the
+bundle's max_length tokens of a text anyway, and the limit bounds the memory an input without line
+ends takes. A longer line, invalid UTF-8, or a line without exactly one tab in --pairs mode is an
+error naming the line.";
 
 const FLAGS: &[Flag] = &[
     Flag::value("speed"),
@@ -51,6 +60,8 @@ const FLAGS: &[Flag] = &[
 const LINES_PER_BATCH: usize = 8;
 /// Most lines read per chunk.
 const MAX_CHUNK_LINES: usize = 8192;
+/// Most bytes a line may hold, without its `\n` or `\r\n` (see HELP).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 /// Bytes read from the input at once. A chunk also ends where the bytes read so far end, so that
 /// lines written one at a time to a pipe are answered one at a time.
 const READ_BUFFER: usize = 1 << 20;
@@ -82,11 +93,7 @@ pub fn run(argv: &[String]) -> Result<(), CliError> {
 
     let (source, input): (String, Box<dyn Read>) = match p.value("input") {
         None | Some("-") => ("<stdin>".into(), Box::new(io::stdin())),
-        Some(path) => {
-            let file = File::open(path)
-                .map_err(|e| CliError::Failure(format!("cannot open the input '{path}': {e}")))?;
-            (path.to_string(), Box::new(file))
-        }
+        Some(path) => (path.to_string(), Box::new(open_input(path)?)),
     };
     let rt = shared::load_runtime(bundle, threads, kernel)?;
     let mut lines = Lines {
@@ -146,13 +153,18 @@ struct Lines {
 impl Lines {
     fn next(&mut self) -> Result<Option<String>, CliError> {
         let mut buf = Vec::new();
-        let n = self.reader.read_until(b'\n', &mut buf).map_err(|e| {
-            CliError::Failure(format!(
-                "{}: cannot read line {}: {e}",
-                self.source,
-                self.line_no + 1
-            ))
-        })?;
+        // Room for the longest line allowed and its "\r\n": anything longer is an error below.
+        let most = MAX_LINE_BYTES as u64 + 2;
+        let n = (&mut self.reader)
+            .take(most)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| {
+                CliError::Failure(format!(
+                    "{}: cannot read line {}: {e}",
+                    self.source,
+                    self.line_no + 1
+                ))
+            })?;
         if n == 0 {
             return Ok(None);
         }
@@ -163,6 +175,12 @@ impl Lines {
                 buf.pop();
             }
         }
+        if buf.len() > MAX_LINE_BYTES {
+            return Err(CliError::Failure(format!(
+                "{} line {}: longer than {MAX_LINE_BYTES} bytes, the most a line may hold",
+                self.source, self.line_no
+            )));
+        }
         String::from_utf8(buf).map(Some).map_err(|e| {
             CliError::Failure(format!(
                 "{} line {}: invalid UTF-8 (at byte {} of the line)",
@@ -172,6 +190,19 @@ impl Lines {
             ))
         })
     }
+}
+
+/// Opens `--input`. Anything readable is accepted (a regular file, a named pipe, a terminal or
+/// `/dev/stdin`), except a directory, which would only fail at the first read with a less clear
+/// message. A named pipe opens once a writer does.
+fn open_input(path: &str) -> Result<File, CliError> {
+    let fail = |e: io::Error| CliError::Failure(format!("cannot open the input '{path}': {e}"));
+    if std::fs::metadata(path).map_err(fail)?.is_dir() {
+        return Err(CliError::Failure(format!(
+            "the input '{path}' is a directory, not a file of lines"
+        )));
+    }
+    File::open(path).map_err(fail)
 }
 
 /// The lines as inputs; in pair mode each must hold exactly one tab.
@@ -279,5 +310,40 @@ mod tests {
             panic!("expected an error");
         };
         assert!(e.contains("t line 2") && e.contains("byte 5"), "{e}");
+    }
+
+    fn lines_of(reader: Box<dyn Read>) -> Lines {
+        Lines {
+            reader: BufReader::new(reader),
+            source: "t".into(),
+            line_no: 0,
+        }
+    }
+
+    #[test]
+    fn lines_over_the_limit_are_errors() {
+        // Exactly the limit (with a CRLF end) is fine; one byte more is not.
+        let mut data = vec![b'a'; MAX_LINE_BYTES];
+        data.extend_from_slice(b"\r\n");
+        data.extend(vec![b'b'; MAX_LINE_BYTES + 1]);
+        data.extend_from_slice(b"\nrest\n");
+        let mut lines = lines_of(Box::new(std::io::Cursor::new(data)));
+        assert_eq!(lines.next().unwrap().unwrap().len(), MAX_LINE_BYTES);
+        let Err(CliError::Failure(e)) = lines.next() else {
+            panic!("expected an error");
+        };
+        assert!(e.contains("t line 2") && e.contains("longer than"), "{e}");
+        // The last line, without a line end, is held to the same limit.
+        let mut lines = lines_of(Box::new(std::io::Cursor::new(vec![
+            b'c';
+            MAX_LINE_BYTES + 1
+        ])));
+        assert!(lines.next().is_err());
+        // A stream without line ends stops at the limit instead of growing.
+        let mut lines = lines_of(Box::new(std::io::repeat(b'z')));
+        let Err(CliError::Failure(e)) = lines.next() else {
+            panic!("expected an error");
+        };
+        assert!(e.contains("t line 1") && e.contains("longer than"), "{e}");
     }
 }

@@ -527,3 +527,113 @@ fn gemm_bench_json_and_table() {
         1
     );
 }
+
+/// Makes `path` a FIFO (named pipe).
+#[cfg(unix)]
+fn mkfifo(path: &std::path::Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// A bundle file that is a character device (through a symbolic link), a FIFO or a directory is
+/// rejected at once with one line naming it, instead of being read forever or waited on.
+#[cfg(unix)]
+#[test]
+fn bundle_files_that_are_not_regular_files() {
+    use std::time::Duration;
+
+    let dir = bundle(Kind::default());
+    let b = dir.arg();
+    for file in ["tinyfast.json", "model.safetensors", "tokenizer.json"] {
+        for (kind, want) in [
+            ("zero", "not a regular file (a character device)"),
+            ("fifo", "not a regular file (a FIFO)"),
+            ("dir", "not a regular file (a directory)"),
+        ] {
+            common::write_bundle(dir.path(), Kind::default());
+            let path = dir.join(file);
+            std::fs::remove_file(&path).unwrap();
+            match kind {
+                "zero" => std::os::unix::fs::symlink("/dev/zero", &path).unwrap(),
+                "fifo" => mkfifo(&path),
+                _ => std::fs::create_dir(&path).unwrap(),
+            }
+            let out = common::run_within(&["predict", &b], b"good\n", Duration::from_secs(60));
+            assert_eq!(out.code, 1, "{file} {kind}: {out:?}");
+            assert!(
+                out.stderr.contains(&format!("{file}: {want}")),
+                "{file} {kind}: {}",
+                out.stderr
+            );
+            assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+            assert_eq!(out.stdout, "");
+            if kind == "dir" {
+                std::fs::remove_dir(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
+}
+
+/// `--input` may be a named pipe (streamed line by line) but not a directory, and no input grows
+/// memory without bound: a line over the limit, even an endless one, is an error naming it.
+#[cfg(unix)]
+#[test]
+fn predict_input_special_files() {
+    use std::io::Write;
+    use std::time::Duration;
+
+    let dir = bundle(Kind::default());
+    let b = dir.arg();
+    let limit = Duration::from_secs(120);
+    let text = b"the movie is good\n\ni hate it\n";
+    let want = ok(&["predict", &b], text);
+
+    let fifo = dir.join("input.fifo");
+    mkfifo(&fifo);
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            f.write_all(text).unwrap();
+        })
+    };
+    let out = common::run_within(
+        &["predict", &b, "--input", fifo.to_str().unwrap()],
+        b"",
+        limit,
+    );
+    writer.join().unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, want);
+
+    let out = common::run_within(&["predict", &b, "--input", "/dev/zero"], b"", limit);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("/dev/zero line 1: longer than 1048576 bytes"),
+        "{}",
+        out.stderr
+    );
+
+    let out = common::run_within(&["predict", &b, "--input", &b], b"", limit);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("is a directory"), "{}", out.stderr);
+
+    // The same limit holds on standard input.
+    let mut input = b"good\n".to_vec();
+    input.extend(vec![b'a'; (1 << 20) + 1]);
+    input.extend_from_slice(b"\nbad\n");
+    let out = common::run_within(&["predict", &b], &input, limit);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("<stdin> line 2: longer than"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}

@@ -1,6 +1,13 @@
 //! Loading a runtime bundle (docs/bundle.md): `tinyfast.json`, `model.safetensors` and
 //! `tokenizer.json`, each validated completely before anything is used.
 //!
+//! Each of the three must be a regular file (a symbolic link to one is fine): a character device
+//! reports a size of 0 and never ends (`/dev/zero`), and opening a FIFO blocks until a writer
+//! comes, so [`open_regular`] checks the type before opening, opens without blocking, and checks
+//! the type again on the opened handle. The JSON files are read whole, at most [`MAX_CONFIG_BYTES`]
+//! and [`MAX_TOKENIZER_BYTES`] ([`read_limited`] stops one byte past the limit, whatever size the
+//! file reports).
+//!
 //! `model.safetensors` is read in bounded steps, so that a hostile file cannot make the loader
 //! allocate more than the file's real size:
 //! 1. the 8-byte header length is checked against a cap and against the file length;
@@ -19,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, Metadata};
 
-use crate::config::{BundleConfig, ExitKind, Quantization, Task};
+use crate::config::{BundleConfig, ExitKind, Quantization, Task, MAX_CONFIG_BYTES};
 use crate::error::{Error, Result};
 use crate::gemm::PackedWeights;
 use crate::model::{
@@ -36,6 +43,10 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// Largest safetensors header accepted (a 48-layer bundle's header is about 100 KiB).
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// Largest `tokenizer.json` read: a BERT WordPiece one is under 1 MiB, the largest multilingual
+/// vocabularies (250k tokens with merges) about 35 MiB.
+pub const MAX_TOKENIZER_BYTES: u64 = 128 << 20;
 
 /// A loaded, validated bundle.
 #[derive(Debug)]
@@ -58,7 +69,10 @@ impl Bundle {
                 "a bundle is a directory (tinyfast.json, model.safetensors, tokenizer.json)",
             ));
         }
-        let config = BundleConfig::load(&dir.join(CONFIG_FILE))?;
+        let config_path = dir.join(CONFIG_FILE);
+        let config_text = read_utf8(&config_path, MAX_CONFIG_BYTES, "a bundle config")?;
+        let config = BundleConfig::parse(&config_text, &config_path)?;
+        drop(config_text);
         let tokenizer = TextTokenizer::load(&dir.join(TOKENIZER_FILE), &config)?;
         let weights = load_weights(&dir.join(WEIGHTS_FILE), &config)?;
         Ok(Bundle {
@@ -68,6 +82,104 @@ impl Bundle {
             tokenizer,
         })
     }
+}
+
+/// What a file that is not a regular one is, for messages ("a FIFO", "a directory", ...).
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
+}
+
+fn not_regular(path: &Path, t: std::fs::FileType) -> Error {
+    Error::bundle(path, format!("not a regular file ({})", file_kind(t)))
+}
+
+/// Opens `path` for reading if it is a regular file, after following symbolic links.
+///
+/// The type is checked before opening (opening a FIFO would wait for a writer), the file is opened
+/// non-blocking (a FIFO swapped in after the check does not block either; the flag changes nothing
+/// for a regular file), and the type is checked again on the handle, which is what is read.
+pub fn open_regular(path: &Path) -> Result<File> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(path, meta.file_type()));
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(path, meta.file_type()));
+    }
+    Ok(file)
+}
+
+/// Reads the regular file `path` whole, if it holds at most `limit` bytes; `what` names the file
+/// in the error ("a tokenizer.json"). At most `limit + 1` bytes are ever read, so a file that
+/// grows while it is read, or reports a wrong size, cannot make this allocate more.
+pub fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    let too_big = |size: String| {
+        Error::bundle(
+            path,
+            format!("file is {size} bytes; {what} may have at most {limit}"),
+        )
+    };
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > limit {
+        return Err(too_big(len.to_string()));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > limit {
+        // The file grew after its size was checked.
+        return Err(too_big(format!("more than {limit}")));
+    }
+    Ok(bytes)
+}
+
+/// [`read_limited`], as UTF-8 text.
+pub fn read_utf8(path: &Path, limit: u64, what: &str) -> Result<String> {
+    let bytes = read_limited(path, limit, what)?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::bundle(
+            path,
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
 }
 
 /// One tensor the bundle must hold.
@@ -160,7 +272,8 @@ fn for_each_expected(config: &BundleConfig, f: &mut dyn FnMut(Spec) -> Result<()
 /// Reads and validates `path` (a `model.safetensors`) against `config`.
 pub fn load_weights(path: &Path, config: &BundleConfig) -> Result<ModelWeights> {
     let err = |m: String| Error::bundle(path, m);
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // A regular file: its length is real, and every read below is checked against it.
+    let mut file = open_regular(path)?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
 
     // 1. The header length.
@@ -340,6 +453,10 @@ impl Store<'_> {
         let m = QuantizedMatrix::from_parts(n, k, w, scales).map_err(|e| match e {
             QuantError::InvalidScale { row, value } => self.err(format!(
                 "tensor `{prefix}.scale`: element [{row}] is {value}; scales must be finite and > 0"
+            )),
+            QuantError::WeightOutOfRange { row, col } => self.err(format!(
+                "tensor `{prefix}.weight`: element [{row}, {col}] is -128; int8 weight codes must \
+                 be in -127..=127"
             )),
             other => self.err(format!("`{prefix}`: {other}")),
         })?;

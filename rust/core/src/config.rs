@@ -119,22 +119,6 @@ impl BundleConfig {
         }
     }
 
-    /// Reads and validates `path` (a `tinyfast.json`).
-    pub fn load(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if meta.len() > MAX_CONFIG_BYTES {
-            return Err(Error::bundle(
-                path,
-                format!(
-                    "file is {} bytes, more than the {MAX_CONFIG_BYTES} a bundle config may have",
-                    meta.len()
-                ),
-            ));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text, path)
-    }
-
     /// Parses and validates the text of a `tinyfast.json`; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
         let value: Value = serde_json::from_str(text)

@@ -15,6 +15,9 @@ pub mod gemm;
 pub mod model;
 pub mod quant;
 pub mod runtime;
+/// Helpers for tests (the `testing` feature): see the module docs.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tokenize;
 mod wordpiece;
 

@@ -1,19 +1,27 @@
-//! Int8 quantization as the runtime uses it.
+//! Int8 quantization: the one definition of the scheme (docs/bundle.md, "Int8 scheme").
+//!
+//! The scalar functions here are the reference: [`quantize_weights`] is the only weight quantizer,
+//! and [`quantize_activations_into`] defines what the runtime's vectorized activation quantizers
+//! (`crate::model::quantize`) must reproduce bit for bit. Every step is f32 with true division;
+//! `round` rounds half away from zero.
 //!
 //! - **Weights**: symmetric int8 per output channel. Row `o` of a `[rows_out, cols_in]` matrix (the
-//!   PyTorch `nn.Linear` layout) gets `scale[o] = max|w[o, :]| / 127` and
-//!   `q[o, k] = clamp(round(w[o, k] / scale[o]), -127, 127)`, rounding half away from zero.
-//! - **Activations**: asymmetric u8 per token (per row), computed at run time. The row's range is
-//!   widened to include 0, `scale = (max - min) / 255`, `zero_point = round(-min / scale)` and
+//!   PyTorch `nn.Linear` layout) gets `scale[o] = max(amax / 127, f32::MIN_POSITIVE)` with
+//!   `amax = max_k |w[o, k]|`, and `q[o, k] = clamp(round(w[o, k] / scale[o]), -127, 127)`.
+//! - **Activations**: asymmetric u8 per token (per row), computed at run time. With `lo` and `hi`
+//!   the row's minimum and maximum, each widened to include 0,
+//!   `scale = max((hi - lo) / 255, f32::MIN_POSITIVE)` (`hi / 255 - lo / 255` when `hi - lo`
+//!   overflows to infinity), `zero_point = clamp(round(-lo / scale), 0, 255)` and
 //!   `q = clamp(round(x / scale) + zero_point, 0, 255)`.
 //! - **Dequantization** of a GEMM output (done by [`crate::gemm::gemm_dequant`]):
 //!   `y[t, o] = a_scale[t] * w_scale[o] * (sum_k q_a[t, k] * q_w[o, k] - zp[t] * colsum_w[o]) + bias[o]`
 //!   with `colsum_w[o] = sum_k q_w[o, k]` precomputed when the weights are packed.
 //!
-//! Degenerate rows: an all-zero row gets scale 1 (weights: q = 0; activations: zero point 0). A row
-//! whose scale would be subnormal (all |values| below ~1e-36) uses `f32::MIN_POSITIVE` as its scale
-//! instead, so that division stays exact and the round-trip bound (error <= scale / 2) holds.
-//! NaN or infinite inputs are errors naming the offending row and column.
+//! Degenerate rows: an all-zero row (signed zeros included) gets scale 1 and codes 0 (activations:
+//! zero point 0). The `f32::MIN_POSITIVE` floor keeps the scale of a row of tiny values (all
+//! |values| below about 1e-36) a normal number: a subnormal scale carries few significant bits, so
+//! `x / scale` could land well past the code range and the round-trip bound (error <= scale / 2)
+//! would fail. NaN or infinite inputs are errors naming the offending row and column.
 
 use std::fmt;
 
@@ -42,6 +50,8 @@ pub enum QuantError {
     },
     /// A stored per-channel scale is NaN, infinite, zero or negative.
     InvalidScale { row: usize, value: f32 },
+    /// A stored weight code is -128, which the symmetric scheme never produces.
+    WeightOutOfRange { row: usize, col: usize },
 }
 
 impl fmt::Display for QuantError {
@@ -68,6 +78,10 @@ impl fmt::Display for QuantError {
                 f,
                 "weight scale of row {row} is {value}; scales must be finite and > 0"
             ),
+            QuantError::WeightOutOfRange { row, col } => write!(
+                f,
+                "weight row {row}, column {col} is -128; int8 weight codes must be in -127..=127"
+            ),
         }
     }
 }
@@ -93,6 +107,7 @@ pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Resu
 }
 
 /// An int8 weight matrix `[rows_out, cols_in]`, row-major, with one f32 scale per output row.
+/// Codes are in `-127..=127` and scales finite and positive: both constructors guarantee it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedMatrix {
     rows_out: usize,
@@ -103,8 +118,10 @@ pub struct QuantizedMatrix {
 
 impl QuantizedMatrix {
     /// Assembles a matrix from stored parts (for instance a bundle's int8 tensor and its scales),
-    /// checking lengths and that every scale is finite and positive. Any i8 value is accepted: the
-    /// GEMM kernels are exact for the full range, although [`quantize_weights`] never emits -128.
+    /// checking lengths, that every scale is finite and positive, and that no code is -128. The
+    /// scheme is symmetric and never produces -128, so a stored -128 means the writer did not
+    /// follow it; rejecting it keeps this loader's contract the Python reference loader's. (The
+    /// GEMM kernels would be exact for -128 too: none relies on the exclusion.)
     pub fn from_parts(
         rows_out: usize,
         cols_in: usize,
@@ -119,6 +136,12 @@ impl QuantizedMatrix {
             .find(|(_, s)| !(s.is_finite() && **s > 0.0))
         {
             return Err(QuantError::InvalidScale { row, value });
+        }
+        if let Some(i) = data.iter().position(|&q| q == i8::MIN) {
+            return Err(QuantError::WeightOutOfRange {
+                row: i / cols_in,
+                col: i % cols_in,
+            });
         }
         Ok(QuantizedMatrix {
             rows_out,
@@ -165,7 +188,7 @@ impl QuantizedMatrix {
 }
 
 /// Quantizes a row-major f32 weight matrix `[rows_out, cols_in]` to symmetric int8, one scale per
-/// output row (see the module docs for the exact formula).
+/// output row: the reference weight quantizer (see the module docs for the exact rule).
 pub fn quantize_weights(
     w: &[f32],
     rows_out: usize,
@@ -261,8 +284,8 @@ fn quantize_activation_row(x: &[f32], q: &mut [u8], row: usize) -> Result<(f32, 
 }
 
 /// Quantizes `x` (`[rows, cols]`, row-major) per row into caller-owned buffers: `q` (`rows * cols`),
-/// `scales` and `zero_points` (`rows` each). Allocates nothing; this is the form the runtime calls
-/// once per layer input.
+/// `scales` and `zero_points` (`rows` each). Allocates nothing. This is the reference: the runtime
+/// calls the vectorized `crate::model::quantize::quantize_rows`, which gives the same bits.
 pub fn quantize_activations_into(
     x: &[f32],
     rows: usize,
@@ -358,59 +381,93 @@ pub fn quantize_activations(
     Ok(out)
 }
 
-/// A small deterministic generator for tests (splitmix64), shared with the GEMM tests.
+/// The golden vectors of tests/golden/quantization.json (the schema is in its `description`),
+/// shared by the reference's tests here and the vectorized kernels' tests.
 #[cfg(test)]
-pub(crate) mod test_rng {
-    pub struct SplitMix64(u64);
+pub(crate) mod golden {
+    use serde_json::Value;
 
-    impl SplitMix64 {
-        pub fn new(seed: u64) -> Self {
-            SplitMix64(seed)
-        }
+    const TEXT: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/golden/quantization.json"
+    ));
 
-        pub fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
+    /// One case: the input matrix and the expected codes, scales and (activations) zero points.
+    pub struct Case {
+        pub name: String,
+        pub rows: usize,
+        pub cols: usize,
+        pub x: Vec<f32>,
+        pub codes: Vec<i64>,
+        pub scales: Vec<f32>,
+        pub zero_points: Option<Vec<i64>>,
+    }
 
-        /// Uniform in `0..n` (n > 0); the modulo bias is irrelevant for tests.
-        pub fn below(&mut self, n: u64) -> u64 {
-            self.next_u64() % n
-        }
+    fn bits(v: &Value, what: &str) -> Vec<f32> {
+        let list = v.as_array().unwrap_or_else(|| panic!("{what}: not a list"));
+        list.iter()
+            .map(|b| {
+                let text = b.as_str().expect("bit patterns are strings");
+                let hex = text.strip_prefix("0x").expect("bit patterns start with 0x");
+                f32::from_bits(u32::from_str_radix(hex, 16).expect("hex bit pattern"))
+            })
+            .collect()
+    }
 
-        /// Uniform in `[0, 1)`.
-        pub fn unit(&mut self) -> f32 {
-            (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-        }
+    fn ints(v: &Value) -> Vec<i64> {
+        let list = v.as_array().expect("a list of integers");
+        list.iter()
+            .map(|i| i.as_i64().expect("an integer"))
+            .collect()
+    }
 
-        /// Uniform in `[lo, hi)`.
-        pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-            lo + (hi - lo) * self.unit()
-        }
+    /// The cases of list `key` (`"weights"` or `"activations"`).
+    pub fn cases(key: &str) -> Vec<Case> {
+        let doc: Value = serde_json::from_str(TEXT).expect("the golden file is JSON");
+        let list = doc[key].as_array().expect("a list of cases");
+        assert!(!list.is_empty(), "{key}: no cases");
+        list.iter()
+            .map(|c| {
+                let name = c["name"].as_str().expect("a name").to_string();
+                let rows = c["rows"].as_u64().expect("rows") as usize;
+                let cols = c["cols"].as_u64().expect("cols") as usize;
+                let x = bits(&c["bits"], &name);
+                // The readable copy must say the same as the bits.
+                let values: Vec<f32> = c["values"]
+                    .as_array()
+                    .expect("values")
+                    .iter()
+                    .map(|v| v.as_f64().expect("a number") as f32)
+                    .collect();
+                assert_eq!(
+                    values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{key} {name}: values and bits differ"
+                );
+                assert_eq!(x.len(), rows * cols, "{key} {name}");
+                Case {
+                    rows,
+                    cols,
+                    x,
+                    codes: ints(&c["codes"]),
+                    scales: bits(&c["scale_bits"], &name),
+                    zero_points: c.get("zero_points").map(ints),
+                    name,
+                }
+            })
+            .collect()
+    }
 
-        /// Roughly standard normal (sum of 4 uniforms, rescaled): enough for test data.
-        pub fn normal(&mut self) -> f32 {
-            let s: f32 = (0..4).map(|_| self.unit()).sum();
-            (s - 2.0) * 3.0f32.sqrt()
-        }
-
-        pub fn u8(&mut self) -> u8 {
-            self.next_u64() as u8
-        }
-
-        pub fn i8(&mut self) -> i8 {
-            self.next_u64() as i8
-        }
+    /// Bit patterns, for comparisons that tell -0.0 from 0.0.
+    pub fn to_bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::test_rng::SplitMix64;
     use super::*;
+    use crate::testing::SplitMix64;
 
     /// Test data whose rows have very different magnitudes, as trained weights do.
     fn random_matrix(rng: &mut SplitMix64, rows: usize, cols: usize) -> Vec<f32> {
@@ -539,8 +596,13 @@ mod tests {
 
     #[test]
     fn from_parts_validates() {
-        let ok = QuantizedMatrix::from_parts(2, 2, vec![1, -128, 127, 0], vec![0.5, 2.0]).unwrap();
+        let ok = QuantizedMatrix::from_parts(2, 2, vec![1, -127, 127, 0], vec![0.5, 2.0]).unwrap();
         assert_eq!(ok.row(1), &[127, 0]);
+        // -128 is outside the symmetric scheme: rejected, naming where it is.
+        let err =
+            QuantizedMatrix::from_parts(2, 3, vec![1, 2, 3, 4, -128, 0], vec![1.0; 2]).unwrap_err();
+        assert_eq!(err, QuantError::WeightOutOfRange { row: 1, col: 1 });
+        assert!(err.to_string().contains("row 1, column 1 is -128"), "{err}");
         assert!(matches!(
             QuantizedMatrix::from_parts(2, 2, vec![0; 3], vec![1.0; 2]),
             Err(QuantError::ShapeMismatch {
@@ -696,5 +758,30 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn golden_weights() {
+        use super::golden::{cases, to_bits};
+        for c in cases("weights") {
+            let q = quantize_weights(&c.x, c.rows, c.cols).unwrap();
+            let codes: Vec<i64> = q.data().iter().map(|&v| i64::from(v)).collect();
+            assert_eq!(codes, c.codes, "{}", c.name);
+            assert_eq!(to_bits(q.scales()), to_bits(&c.scales), "{}", c.name);
+            assert!(c.zero_points.is_none(), "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn golden_activations() {
+        use super::golden::{cases, to_bits};
+        for c in cases("activations") {
+            let a = quantize_activations(&c.x, c.rows, c.cols).unwrap();
+            let codes: Vec<i64> = a.q().iter().map(|&v| i64::from(v)).collect();
+            assert_eq!(codes, c.codes, "{}", c.name);
+            assert_eq!(to_bits(a.scales()), to_bits(&c.scales), "{}", c.name);
+            let zps: Vec<i64> = a.zero_points().iter().map(|&v| i64::from(v)).collect();
+            assert_eq!(Some(zps), c.zero_points, "{}", c.name);
+        }
     }
 }

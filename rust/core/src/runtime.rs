@@ -1,4 +1,5 @@
-//! The runtime: a loaded bundle, a thread pool and a kernel, answering predictions.
+//! The runtime: a loaded bundle, a thread pool and an instruction-set level, answering
+//! predictions.
 //!
 //! # Calls
 //! [`Runtime::predict`] tokenizes texts or pairs and runs them; [`Runtime::predict_ids`] runs
@@ -14,15 +15,18 @@
 //! `Send + Sync`: concurrent calls share the pool and the weights. Each call takes a
 //! [`Workspace`] from a pool of them (or makes one) and returns it afterwards, so repeated calls of
 //! the same size allocate nothing but their results.
+//!
+//! A process forked from the one that loaded the runtime (a pre-forking server, a `fork`
+//! multiprocessing pool) inherits the pool but not its threads: the first call in the child builds
+//! a new pool of the same size for it (see `Runtime::pool`).
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::bundle::Bundle;
 use crate::config::{BundleConfig, Task};
-use crate::cpu::{CpuCapabilities, KernelKind};
+use crate::cpu::{Isa, KernelKind};
 use crate::error::{Error, Result};
-use crate::gemm::kernel_available;
 use crate::model::encoder::forward;
 use crate::model::ops::{argmax, softmax};
 use crate::model::Workspace;
@@ -41,7 +45,8 @@ pub const KERNEL_ENV: &str = "TINYFAST_KERNEL";
 pub struct RuntimeOptions {
     /// Worker threads; 0 uses one per core.
     pub threads: usize,
-    /// The int8 kernel; `None` takes `TINYFAST_KERNEL` when set, else the fastest this CPU has.
+    /// The instruction-set level of every kernel (int8 GEMM and f32 kernels alike); `None` takes
+    /// `TINYFAST_KERNEL` when set, else the fastest this CPU has.
     pub kernel: Option<KernelKind>,
 }
 
@@ -80,8 +85,9 @@ impl Predictions {
 /// A bundle ready to predict. `Send + Sync`: share it across threads (for instance in an `Arc`).
 pub struct Runtime {
     bundle: Bundle,
-    pool: rayon::ThreadPool,
-    kernel: KernelKind,
+    pool: RwLock<Pool>,
+    /// Chosen once, here, and passed to every kernel of every call.
+    isa: Isa,
     workspaces: Mutex<Vec<Workspace>>,
 }
 
@@ -89,8 +95,8 @@ impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
             .field("dir", &self.bundle.dir)
-            .field("kernel", &self.kernel)
-            .field("threads", &self.pool.current_num_threads())
+            .field("kernel", &self.isa.kind())
+            .field("threads", &self.threads())
             .finish_non_exhaustive()
     }
 }
@@ -111,23 +117,17 @@ impl Runtime {
                         "{KERNEL_ENV}={name:?}: expected avx512-vnni, avx2 or portable"
                     ))
                 })?,
-                _ => CpuCapabilities::detect().best(),
+                _ => Isa::best().kind(),
             },
         };
-        if !kernel_available(kernel) {
-            return Err(Error::input(format!(
-                "the {kernel} kernel is not supported by this CPU"
-            )));
-        }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(options.threads)
-            .thread_name(|i| format!("tinyfast-{i}"))
-            .build()
-            .map_err(|e| Error::compute(format!("cannot start the thread pool: {e}")))?;
+        let isa = Isa::new(kernel).ok_or_else(|| {
+            Error::input(format!("the {kernel} kernel is not supported by this CPU"))
+        })?;
+        let pool = Pool::build(options.threads)?;
         Ok(Runtime {
             bundle,
-            pool,
-            kernel,
+            pool: RwLock::new(pool),
+            isa,
             workspaces: Mutex::new(Vec::new()),
         })
     }
@@ -142,19 +142,40 @@ impl Runtime {
         &self.bundle.config
     }
 
-    /// The int8 kernel in use.
+    /// The instruction-set level every kernel runs at.
     pub fn kernel(&self) -> KernelKind {
-        self.kernel
+        self.isa.kind()
     }
 
     /// Worker threads of the pool.
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.read().unwrap_or_else(|e| e.into_inner()).threads
+    }
+
+    /// The thread pool of this process. A forked child inherits the parent's pool without its
+    /// worker threads (fork copies only the calling thread), so work sent to it would wait forever:
+    /// when the process id is not the one that built the pool, a pool of the same size is built
+    /// and used from then on. The inherited one is leaked, not dropped: dropping it would signal
+    /// threads that do not exist, through locks one of them may have held when the process forked.
+    fn pool(&self) -> Result<Arc<rayon::ThreadPool>> {
+        let pid = std::process::id();
+        {
+            let current = self.pool.read().unwrap_or_else(|e| e.into_inner());
+            if current.pid == pid {
+                return Ok(Arc::clone(&current.pool));
+            }
+        }
+        let mut current = self.pool.write().unwrap_or_else(|e| e.into_inner());
+        if current.pid != pid {
+            let fresh = Pool::build(current.threads)?;
+            std::mem::forget(std::mem::replace(&mut *current, fresh));
+        }
+        Ok(Arc::clone(&current.pool))
     }
 
     /// Tokenizes inputs as [`Runtime::predict`] does (truncated to the bundle's `max_length`).
     pub fn tokenize(&self, inputs: &[Input]) -> Result<Encoded> {
-        self.pool
+        self.pool()?
             .install(|| self.bundle.tokenizer.encode_batch(inputs))
     }
 
@@ -233,13 +254,14 @@ impl Runtime {
 
     /// Runs `f` on the pool with a pooled workspace.
     fn with_workspace(&self, f: impl FnOnce(&mut Workspace) -> Result<()> + Send) -> Result<()> {
+        let pool = self.pool()?;
         let mut ws = self
             .workspaces
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_default();
-        let result = self.pool.install(|| f(&mut ws));
+        let result = pool.install(|| f(&mut ws));
         self.workspaces
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -262,7 +284,7 @@ impl Runtime {
             let (ids, types) = batch.row(i);
             ws.push_seq(ids, types);
         }
-        forward(&self.bundle.weights, ws, speed, self.kernel, logits, exits)
+        forward(&self.bundle.weights, ws, speed, self.isa, logits, exits)
     }
 
     fn finish(&self, logits: Vec<f32>, exit_layers: Vec<usize>) -> Result<Predictions> {
@@ -298,6 +320,30 @@ impl Runtime {
     }
 }
 
+/// A rayon pool and the process it was built in.
+struct Pool {
+    pool: Arc<rayon::ThreadPool>,
+    /// Its worker threads (`threads: 0` resolved to the number of cores).
+    threads: usize,
+    pid: u32,
+}
+
+impl Pool {
+    /// `threads` workers; 0 = one per core.
+    fn build(threads: usize) -> Result<Pool> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("tinyfast-{i}"))
+            .build()
+            .map_err(|e| Error::compute(format!("cannot start the thread pool: {e}")))?;
+        Ok(Pool {
+            threads: pool.current_num_threads(),
+            pool: Arc::new(pool),
+            pid: std::process::id(),
+        })
+    }
+}
+
 fn check_args(speed: f32, batch_size: usize) -> Result<()> {
     if !(speed.is_finite() && (0.0..=1.0).contains(&speed)) {
         return Err(Error::input(format!(
@@ -308,4 +354,80 @@ fn check_args(speed: f32, batch_size: usize) -> Result<()> {
         return Err(Error::input("batch_size must be at least 1, got 0"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{write_safetensors, Data, Model, Spec};
+
+    fn texts() -> Vec<Input<'static>> {
+        [
+            "the movie was fun",
+            "boring",
+            "not good , but fun",
+            "",
+            "the the the movie",
+        ]
+        .into_iter()
+        .map(Input::Single)
+        .collect()
+    }
+
+    fn load(dir: &Path, kernel: KernelKind) -> Result<Runtime> {
+        Runtime::load(
+            dir,
+            RuntimeOptions {
+                threads: 2,
+                kernel: Some(kernel),
+            },
+        )
+    }
+
+    /// Every level gives the same predictions bit for bit, whatever the batch size.
+    #[test]
+    fn every_level_gives_the_same_bits() {
+        let model = Model::new(Spec::default());
+        let dir = model.write(true);
+        let inputs = texts();
+        let bits = |p: &Predictions| p.logits.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for speed in [0.0, 0.5] {
+            let portable = load(dir.path(), KernelKind::Portable).unwrap();
+            let want = portable.predict(&inputs, speed, 2).unwrap();
+            for isa in Isa::available() {
+                let rt = load(dir.path(), isa.kind()).unwrap();
+                assert_eq!(rt.kernel(), isa.kind());
+                for batch_size in [1, 2, 5] {
+                    let got = rt.predict(&inputs, speed, batch_size).unwrap();
+                    assert_eq!(bits(&got), bits(&want), "{isa}, speed {speed}");
+                    assert_eq!(got, want, "{isa}, speed {speed}");
+                }
+            }
+        }
+    }
+
+    /// The loader rejects a -128 weight code (docs/bundle.md, "Int8 scheme"), naming the tensor and element.
+    #[test]
+    fn a_weight_code_of_minus_128_is_rejected() {
+        let model = Model::new(Spec::default());
+        let dir = model.write(true);
+        assert!(load(dir.path(), KernelKind::Portable).is_ok());
+        let mut tensors = model.tensors(true);
+        let t = tensors
+            .iter_mut()
+            .find(|t| t.name == "layers.1.ffn_in.weight")
+            .unwrap();
+        let Data::I8(codes) = &mut t.data else {
+            panic!("int8 bundles store encoder linears as I8")
+        };
+        codes[7] = -128;
+        write_safetensors(&dir.path().join("model.safetensors"), &tensors);
+        let err = load(dir.path(), KernelKind::Portable)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tensor `layers.1.ffn_in.weight`: element [0, 7] is -128"),
+            "{err}"
+        );
+    }
 }

@@ -10,9 +10,11 @@
 //! Single ASCII texts take [`crate::wordpiece`]'s fast path when `tokenizer.json` is a standard
 //! BERT WordPiece pipeline; it gives the same ids as `tokenizers`, which handles everything else.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Once;
 
 use rayon::prelude::*;
 use tokenizers::utils::truncation::truncate_encodings;
@@ -20,6 +22,7 @@ use tokenizers::{
     PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
+use crate::bundle::{read_limited, MAX_TOKENIZER_BYTES};
 use crate::config::BundleConfig;
 use crate::error::{Error, Result};
 use crate::wordpiece::FastWordPiece;
@@ -188,15 +191,19 @@ impl TextTokenizer {
     /// below `architecture.vocab_size`, and `max_length` must leave room for the special tokens
     /// it adds to a pair.
     pub fn load(path: &Path, config: &BundleConfig) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = read_limited(path, MAX_TOKENIZER_BYTES, "a tokenizer.json")?;
         let json = std::str::from_utf8(&bytes).map_err(|e| {
             Error::bundle(
                 path,
                 format!("not a valid tokenizers file: not UTF-8 ({e})"),
             )
         })?;
-        let loaded = catch_unwind(|| Tokenizer::from_str(json))
-            .map_err(|_| Error::bundle(path, "the tokenizer library panicked while loading it"))?;
+        let loaded = catch_quietly(|| Tokenizer::from_str(json)).map_err(|message| {
+            Error::bundle(
+                path,
+                format!("not a valid tokenizers file (the tokenizers library failed: {message})"),
+            )
+        })?;
         let mut inner =
             loaded.map_err(|e| Error::bundle(path, format!("not a valid tokenizers file: {e}")))?;
         let max_length = config.max_length;
@@ -259,13 +266,18 @@ impl TextTokenizer {
     /// Encodes a batch (in parallel on the current rayon pool), truncating each input to
     /// `max_length` tokens.
     pub fn encode_batch(&self, inputs: &[Input]) -> Result<Encoded> {
-        let encoded: Vec<(Vec<u32>, Vec<u32>)> = catch_unwind(AssertUnwindSafe(|| {
-            inputs
-                .par_iter()
-                .map(|input| self.encode_one(input))
-                .collect::<Result<Vec<_>>>()
-        }))
-        .map_err(|_| Error::compute("the tokenizer library panicked"))??;
+        let encoded: Vec<(Vec<u32>, Vec<u32>)> = inputs
+            .par_iter()
+            .enumerate()
+            .map(|(i, input)| {
+                // Caught on the worker that runs it: the quiet flag is per thread.
+                catch_quietly(|| self.encode_one(input)).unwrap_or_else(|message| {
+                    Err(Error::compute(format!(
+                        "input {i}: the tokenizers library failed: {message}"
+                    )))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let width = encoded.iter().map(|e| e.0.len()).max().unwrap_or(0);
         let mut out = Encoded {
             ids: vec![0; encoded.len() * width],
@@ -335,5 +347,62 @@ impl TextTokenizer {
         }
         let enc = tok.post_process(a, b, true).map_err(fail)?;
         Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
+    }
+}
+
+thread_local! {
+    /// How many [`catch_quietly`] calls this thread is inside.
+    static QUIET: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Runs `f`, turning a panic into `Err` with its message (on one line), without the panic hook
+/// printing it: the `tokenizers` crate panics on some malformed `tokenizer.json` files (an `expect`
+/// in its deserializers), which the loader reports as an error of that file.
+///
+/// A process-wide hook is installed once; it stays silent for panics raised on a thread while it
+/// is inside `catch_quietly` and hands every other panic to the hook that was installed before it,
+/// so panics elsewhere are reported as before, and concurrent calls on other threads are
+/// unaffected (a hook swapped in and out around each call would race with them).
+pub(crate) fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(Cell::get) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(q.get() + 1));
+    let outcome = catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(q.get() - 1));
+    outcome.map_err(|payload| {
+        let text = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "a panic without a message".to_owned()
+        };
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::catch_quietly;
+
+    #[test]
+    fn catch_quietly_returns_the_message_on_one_line() {
+        assert_eq!(catch_quietly(|| 7), Ok(7));
+        let err = catch_quietly(|| -> u8 { panic!("bad\n  thing {}", 1) }).unwrap_err();
+        assert_eq!(err, "bad thing 1");
+        // Nested calls keep the outer one quiet.
+        let outer = catch_quietly(|| {
+            let inner = catch_quietly(|| -> u8 { panic!("inner") });
+            assert!(inner.is_err());
+            panic!("outer")
+        });
+        assert_eq!(outer, Err::<(), _>("outer".to_owned()));
     }
 }

@@ -201,7 +201,7 @@ fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::test_rng::SplitMix64;
+    use crate::testing::SplitMix64;
     use serde_json::json;
     use std::str::FromStr;
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{write_safetensors, Data, Model, Rng, Spec, TempDir, Tensor};
+use common::{write_safetensors, Data, Model, Spec, SplitMix64, TempDir, Tensor};
 use tinyfast_core::{Error, Runtime, RuntimeOptions};
 
 fn opts() -> RuntimeOptions {
@@ -329,7 +329,7 @@ fn random_corruptions_never_panic() {
     let good = std::fs::read(&path).unwrap();
     let cfg_path = dir.path().join("tinyfast.json");
     let good_cfg = std::fs::read(&cfg_path).unwrap();
-    let mut rng = Rng::new(5);
+    let mut rng = SplitMix64::new(5);
     let mut rejected = 0;
     for round in 0..120 {
         let mut bytes = good.clone();
@@ -337,23 +337,23 @@ fn random_corruptions_never_panic() {
         match round % 4 {
             0 => {
                 // Flip bytes in the header.
-                for _ in 0..1 + rng.below(4) {
-                    let i = rng.below(header_end);
-                    bytes[i] ^= 1 << rng.below(8);
+                for _ in 0..1 + rng.index(4) {
+                    let i = rng.index(header_end);
+                    bytes[i] ^= 1 << rng.index(8);
                 }
             }
-            1 => bytes.truncate(rng.below(bytes.len())),
+            1 => bytes.truncate(rng.index(bytes.len())),
             2 => {
                 // Flip bytes anywhere (data too: may give NaN or a bad scale).
-                for _ in 0..1 + rng.below(8) {
-                    let i = rng.below(bytes.len());
-                    bytes[i] = rng.below(256) as u8;
+                for _ in 0..1 + rng.index(8) {
+                    let i = rng.index(bytes.len());
+                    bytes[i] = rng.index(256) as u8;
                 }
             }
             _ => {
                 let mut cfg = good_cfg.clone();
-                let i = rng.below(cfg.len());
-                cfg[i] = b"{}[]:,\"0123456789ax-"[rng.below(20)];
+                let i = rng.index(cfg.len());
+                cfg[i] = b"{}[]:,\"0123456789ax-"[rng.index(20)];
                 std::fs::write(&cfg_path, &cfg).unwrap();
             }
         }
@@ -370,4 +370,110 @@ fn random_corruptions_never_panic() {
         rejected > 60,
         "only {rejected} of 120 corruptions were rejected"
     );
+}
+
+/// Loads `dir` on another thread and waits at most `limit`: a loader that hangs (on a FIFO) or
+/// reads forever (from `/dev/zero`) fails the test instead of blocking it.
+#[cfg(unix)]
+fn load_within(dir: &Path, limit: std::time::Duration) -> Result<Runtime, Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(load(&dir));
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("loading did not finish within {limit:?}"))
+}
+
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Every bundle file must be a regular file (a symbolic link to one is fine): a character device,
+/// a FIFO or a directory in its place is rejected at once, naming the file and what it is.
+#[cfg(unix)]
+#[test]
+fn special_files_are_rejected_without_reading() {
+    let limit = std::time::Duration::from_secs(10);
+    for file in ["tinyfast.json", "model.safetensors", "tokenizer.json"] {
+        type Make = fn(&Path);
+        let cases: [(&str, Make); 3] = [
+            ("a character device", |p| {
+                std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+            }),
+            ("a FIFO", mkfifo),
+            ("a directory", |p| std::fs::create_dir(p).unwrap()),
+        ];
+        for (kind, make) in cases {
+            let dir = valid();
+            let path = dir.path().join(file);
+            std::fs::remove_file(&path).unwrap();
+            make(&path);
+            let err = load_within(dir.path(), limit).expect_err("the bundle should be rejected");
+            let text = err.to_string();
+            let want = format!("{file}: not a regular file ({kind})");
+            assert!(text.ends_with(&want), "expected {want:?} in: {text}");
+            assert!(matches!(err, Error::Bundle { .. }), "{err:?}");
+            assert_eq!(text.lines().count(), 1);
+        }
+    }
+    // A symbolic link to a regular file is fine.
+    let dir = valid();
+    let cfg = dir.path().join("tinyfast.json");
+    let real = dir.path().join("real.json");
+    std::fs::rename(&cfg, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &cfg).unwrap();
+    load_within(dir.path(), limit).unwrap();
+}
+
+/// The JSON files are read up to a size limit (checked before reading; sparse files of the size
+/// cost nothing to write).
+#[test]
+fn oversized_json_files_are_rejected() {
+    use tinyfast_core::bundle::MAX_TOKENIZER_BYTES;
+    use tinyfast_core::config::MAX_CONFIG_BYTES;
+
+    for (file, limit, what) in [
+        ("tinyfast.json", MAX_CONFIG_BYTES, "a bundle config"),
+        ("tokenizer.json", MAX_TOKENIZER_BYTES, "a tokenizer.json"),
+    ] {
+        let dir = valid();
+        let path = dir.path().join(file);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(limit + 1).unwrap();
+        drop(f);
+        let want = format!(
+            "{file}: file is {} bytes; {what} may have at most {limit}",
+            limit + 1
+        );
+        expect_err(dir.path(), &[&want]);
+    }
+    // Exactly at the limit is accepted (JSON padded with spaces).
+    let dir = valid();
+    let mut text = Model::new(Spec::default()).config(true).to_string();
+    text.push_str(&" ".repeat(MAX_CONFIG_BYTES as usize - text.len()));
+    std::fs::write(dir.path().join("tinyfast.json"), text).unwrap();
+    load(dir.path()).unwrap();
+}
+
+/// `tokenizer.json` that makes the `tokenizers` crate panic (a syntax error inside `decoder` hits
+/// an `expect` in its deserializer) is reported as an error of that file, on one line.
+#[test]
+fn tokenizer_panics_become_errors() {
+    let dir = valid();
+    let path = dir.path().join("tokenizer.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let at = text.find("\"decoder\":{").unwrap() + "\"decoder\":{".len();
+    std::fs::write(&path, format!("{}\"x\" {}", &text[..at], &text[at..])).unwrap();
+    let err = expect_err(
+        dir.path(),
+        &["tokenizer.json", "not a valid tokenizers file"],
+    );
+    assert!(matches!(err, Error::Bundle { .. }), "{err:?}");
+    assert_eq!(err.to_string().lines().count(), 1, "{err}");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{texts, uncertainty, Model, Spec};
+use common::{texts, uncertainty, Model, Reference, Spec};
 use tinyfast_core::cpu::KernelKind;
 use tinyfast_core::gemm::kernel_available;
 use tinyfast_core::{Input, Predictions, Runtime, RuntimeOptions, TokenBatch};

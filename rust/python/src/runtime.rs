@@ -4,6 +4,10 @@
 //! sharing one `Runtime` run concurrently (they share the core's thread pool and weights; the core
 //! is `Send + Sync`). Arguments are checked and copied out of Python objects before the GIL is
 //! released, and results are converted to numpy arrays after it is taken back.
+//!
+//! A `Runtime` loaded before `os.fork()` (gunicorn --preload, Celery prefork, a `fork`
+//! multiprocessing pool) works in the child: the core builds the child its own thread pool on the
+//! first call there (see `tinyfast_core::runtime`).
 
 use std::path::PathBuf;
 

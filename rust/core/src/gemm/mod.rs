@@ -18,8 +18,10 @@
 //! - [`KernelKind::Portable`]: scalar Rust on the same packed layout; every SIMD kernel is tested
 //!   bit-exact against it, and it against a plain triple loop.
 //!
-//! Sums are exact in i32 because `k <= MAX_K`: `|sum| <= 255 * 128 * 65536 < 2^31`, and so is the
-//! zero-point correction `sum - zp * colsum = sum_k (a - zp) * w`.
+//! Weight codes are in `-127..=127` ([`QuantizedMatrix`] guarantees it; the kernels would be exact
+//! for -128 as well). Sums are exact in i32 because `k <= MAX_K`:
+//! `|sum| <= 255 * 127 * 65536 < 2^31`, and so is the zero-point correction
+//! `sum - zp * colsum = sum_k (a - zp) * w`.
 //!
 //! # Packed layout
 //! Output channels are grouped in blocks of [`BLOCK_N`] = 16 (the last block zero-padded), K is
@@ -44,7 +46,7 @@
 
 use std::fmt;
 
-use crate::cpu::KernelKind;
+use crate::cpu::{Isa, KernelKind};
 use crate::quant::QuantizedMatrix;
 
 mod portable;
@@ -314,26 +316,10 @@ pub(crate) fn dequant_one(
     }
 }
 
-/// Whether `kernel` can run on this CPU. Uses the same feature sets as
-/// [`crate::cpu::CpuCapabilities`] (the AVX2 kernel itself needs only `avx2`; `fma` is required
-/// too so that "AVX2 available" means the same thing everywhere).
+/// Whether `kernel` can run on this CPU (the feature sets of
+/// [`KernelKind::required_features`]).
 pub fn kernel_available(kernel: KernelKind) -> bool {
-    match kernel {
-        KernelKind::Portable => true,
-        #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx2 => {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        }
-        #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx512Vnni => {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => false,
-    }
+    kernel.is_available()
 }
 
 fn expect(what: &'static str, expected: usize, got: usize) -> Result<(), GemmError> {
@@ -370,19 +356,18 @@ fn problem<'a>(
 }
 
 fn run(p: &Problem, out: &mut Output, kernel: KernelKind) -> Result<(), GemmError> {
-    if !kernel_available(kernel) {
-        return Err(GemmError::KernelUnavailable { kernel });
-    }
-    match kernel {
+    let isa = Isa::new(kernel).ok_or(GemmError::KernelUnavailable { kernel })?;
+    match isa.kind() {
         KernelKind::Portable => portable::run(p, out),
-        // SAFETY: kernel_available checked the CPU features these kernels are compiled for, and
-        // `problem` plus the callers validated every buffer length the kernels rely on.
+        // SAFETY: `isa` proves the CPU has the level's features, which include the ones these
+        // kernels are compiled for; `problem` plus the callers validated every buffer length the
+        // kernels rely on.
         #[cfg(target_arch = "x86_64")]
         KernelKind::Avx2 => unsafe { avx2::run(p, out) },
         #[cfg(target_arch = "x86_64")]
         KernelKind::Avx512Vnni => unsafe { avx512::run(p, out) },
         #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("kernel_available is false for SIMD kernels off x86_64"),
+        _ => unreachable!("only the portable level exists off x86_64"),
     }
     Ok(())
 }
@@ -446,7 +431,7 @@ pub fn gemm_dequant(
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use crate::quant::test_rng::SplitMix64;
+    use crate::testing::SplitMix64;
 
     /// Random activations and a random packed weight matrix of the given shape.
     pub fn random_problem(
@@ -456,7 +441,10 @@ pub(crate) mod testing {
         n: usize,
     ) -> (Vec<u8>, QuantizedMatrix, PackedWeights) {
         let a: Vec<u8> = (0..rows * k).map(|_| rng.u8()).collect();
-        let w: Vec<i8> = (0..n * k).map(|_| rng.i8()).collect();
+        // Codes span the scheme's whole range, -127..=127.
+        let w: Vec<i8> = (0..n * k)
+            .map(|_| (rng.below(255) as i32 - 127) as i8)
+            .collect();
         let scales = (0..n).map(|_| rng.uniform(0.001, 0.1)).collect();
         let m = QuantizedMatrix::from_parts(n, k, w, scales).unwrap();
         let packed = PackedWeights::new(&m).unwrap();
@@ -538,7 +526,8 @@ pub(crate) mod testing {
         }
     }
 
-    /// Extreme inputs that saturate a naive `vpmaddubsw`: every kernel must match the closed form.
+    /// Extreme inputs that would saturate a `vpmaddubsw` pair sum (255 * 127 * 2 > i16::MAX):
+    /// every kernel must match the closed form.
     pub fn check_extremes(kernel: KernelKind) {
         if !kernel_available(kernel) {
             eprintln!("skipping: {kernel} is not available on this CPU");
@@ -546,7 +535,7 @@ pub(crate) mod testing {
         }
         let mut rng = SplitMix64::new(99);
         for &(rows, k, n) in &[(1, 1, 1), (5, 7, 17), (37, 1200, 33), (4, MAX_K, 17)] {
-            for &wv in &[127i8, -127, -128] {
+            for &wv in &[127i8, -127] {
                 let a = vec![255u8; rows * k];
                 let m = QuantizedMatrix::from_parts(n, k, vec![wv; n * k], vec![1.0; n]).unwrap();
                 let packed = PackedWeights::new(&m).unwrap();
@@ -569,7 +558,7 @@ pub(crate) mod testing {
                 .map(|_| if rng.below(2) == 0 { 0 } else { 255 })
                 .collect();
             let w: Vec<i8> = (0..n * k)
-                .map(|_| [-128i8, -127, 127][rng.below(3) as usize])
+                .map(|_| [-127i8, 0, 127][rng.below(3) as usize])
                 .collect();
             let m = QuantizedMatrix::from_parts(n, k, w, vec![1.0; n]).unwrap();
             let packed = PackedWeights::new(&m).unwrap();
@@ -589,8 +578,8 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::*;
     use super::*;
-    use crate::quant::test_rng::SplitMix64;
     use crate::quant::{quantize_activations, quantize_weights};
+    use crate::testing::SplitMix64;
 
     /// The obviously correct reference: a triple loop in i64 over the unpacked matrix.
     fn reference_i64(a: &[u8], rows: usize, k: usize, m: &QuantizedMatrix) -> Vec<i64> {
@@ -667,13 +656,13 @@ mod tests {
         // The largest K, with the largest magnitudes: no overflow anywhere.
         let (rows, k, n) = (2, MAX_K, 3);
         let a = vec![255u8; rows * k];
-        let m = QuantizedMatrix::from_parts(n, k, vec![-128; n * k], vec![1.0; n]).unwrap();
+        let m = QuantizedMatrix::from_parts(n, k, vec![-127; n * k], vec![1.0; n]).unwrap();
         let packed = PackedWeights::new(&m).unwrap();
         let mut got = vec![0i32; rows * n];
         gemm_u8i8(&a, rows, k, &packed, &mut got, KernelKind::Portable).unwrap();
         assert!(got
             .iter()
-            .all(|&v| i64::from(v) == -255 * 128 * MAX_K as i64));
+            .all(|&v| i64::from(v) == -255 * 127 * MAX_K as i64));
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! `z = sum_j e[j]`, `out[c] = (sum_j e[j] v_j[c]) * (1 / z)`. Every sum runs in index order;
 //! [`attend_query`] computes exactly this, one query at a time.
 //!
-//! The vector kernel ([`attend_lanes`]) puts queries in lanes: a tile is up to `LANES` queries of
-//! one sequence (16 with AVX-512, 8 with AVX2), one per lane, and every lane runs the scalar
-//! definition of its query, so the kernel gives [`attend_query`]'s bits (with fused multiply-adds)
-//! and a query's result never depends on the rest of its tile or batch. Per sequence its keys are
+//! The level of [`Isa`] picks the kernel once per call, and every level gives the bits of
+//! [`attend_query`] with fused multiply-adds: the portable level runs it one query at a time; the
+//! AVX2 and AVX-512 levels run the vector kernel ([`attend_lanes`]), which puts queries in lanes: a
+//! tile is up to `LANES` queries of one sequence (16 with AVX-512, 8 with AVX2), one per lane, and
+//! every lane runs the scalar definition of its query, so a query's result never depends on the
+//! level, nor on the rest of its tile or batch. Per sequence its keys are
 //! packed once so that [`KEYS`] keys' values of one column are adjacent ([`pack_keys`]). Per tile
 //! and head: the query columns are gathered (`qt[p]` holds `q[p]` of every lane); a score is `d`
 //! multiply-adds of a broadcast key value with `qt[p]`, [`KEYS`] keys at a time; max, exp2 and
@@ -24,6 +26,7 @@ use rayon::prelude::*;
 use super::lanes::{Avx2, Avx512, F32Lanes};
 use super::vmath::{self, madd};
 use super::workspace::fit;
+use crate::cpu::{Isa, KernelKind};
 
 /// Rows of a row-major matrix, each read from column `col` for `width` values.
 #[derive(Clone, Copy)]
@@ -60,8 +63,10 @@ fn task_scratch(max_len: usize, width: usize, d: usize) -> usize {
 ///   sequence are consecutive.
 /// - `k`, `v`: indexed by token row; sequence `s` owns rows `offsets[s]..offsets[s + 1]`.
 /// - `scores`: scratch, grown as needed; `out`: `[queries, width]`.
+/// - `isa`: the kernel's level (module docs).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
+    isa: Isa,
     q: Rows,
     k: Rows,
     v: Rows,
@@ -102,7 +107,7 @@ pub(crate) fn attention(
         .par_chunks_mut(chunk * width)
         .zip(scores.par_chunks_mut(per_task))
         .enumerate()
-        .for_each(|(ci, (o, sc))| attend(&cx, ci * chunk, o, sc));
+        .for_each(|(ci, (o, sc))| attend(isa, &cx, ci * chunk, o, sc));
 }
 
 /// What every query of an [`attention`] call shares.
@@ -128,39 +133,42 @@ impl Ctx<'_> {
     }
 }
 
-/// Attention of the queries `first..first + out.len() / width`, with `sc` as scratch: the widest
-/// kernel the CPU runs, else one query at a time without fused multiply-adds.
-fn attend(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F.
-            unsafe { attend_avx512(cx, first, out, sc) };
-            return;
-        }
-        if has!("avx2") && has!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA.
-            unsafe { attend_avx2(cx, first, out, sc) };
-            return;
-        }
-    }
-    let nrows = out.len() / cx.width;
-    for (i, row) in out.chunks_exact_mut(cx.width).take(nrows).enumerate() {
-        attend_query::<false>(cx, first + i, row, sc);
+/// Attention of the queries `first..first + out.len() / width`, with `sc` as scratch, by the
+/// kernel of `isa`.
+fn attend(isa: Isa, cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
+    match isa.kind() {
+        // SAFETY: `isa` proves the CPU has AVX-512F, AVX2 and FMA (the level includes AVX2's).
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx512Vnni => unsafe { attend_avx512(cx, first, out, sc) },
+        // SAFETY: `isa` proves the CPU has AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx2 => unsafe { attend_avx2(cx, first, out, sc) },
+        _ => attend_portable(cx, first, out, sc),
     }
 }
 
+/// One query at a time (with fused multiply-adds, as the vector kernels).
+fn attend_portable(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
+    let nrows = out.len() / cx.width;
+    for (i, row) in out.chunks_exact_mut(cx.width).take(nrows).enumerate() {
+        attend_query::<true>(cx, first + i, row, sc);
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA ([`pack_keys`] is AVX2 code).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn attend_avx512(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
-    // SAFETY: AVX-512F is enabled, as `Avx512` requires.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn attend_avx512(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
+    // SAFETY: AVX-512F is enabled, as `Avx512` requires, and AVX2 for `pack_keys`.
     unsafe { attend_lanes::<Avx512>(cx, first, out, sc) }
 }
 
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn attend_avx2(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
+unsafe fn attend_avx2(cx: &Ctx, first: usize, out: &mut [f32], sc: &mut [f32]) {
     // SAFETY: AVX2 and FMA are enabled, as `Avx2` requires.
     unsafe { attend_lanes::<Avx2>(cx, first, out, sc) }
 }
@@ -236,8 +244,8 @@ unsafe fn attend_lanes<L: F32Lanes>(cx: &Ctx, first: usize, out: &mut [f32], sc:
         let (qt, e) = rest.split_at_mut(MAX_LANES * d);
         let e = &mut e[..lanes * n];
         if packed != Some(s) {
-            // SAFETY: `L` implies AVX2 (AVX-512F includes it); the rows and strides are as
-            // asserted above.
+            // SAFETY: both callers' levels include AVX2 (`attend_avx512`'s enables it); the rows
+            // and strides are as asserted above.
             unsafe { pack_keys(cx, s, kp) };
             packed = Some(s);
         }
@@ -507,10 +515,11 @@ mod tests {
             }
         }
 
-        fn run(&self) -> Vec<f32> {
+        fn run(&self, isa: Isa) -> Vec<f32> {
             let query_seq = self.all_queries();
             let mut out = vec![f32::NAN; query_seq.len() * self.width];
             attention(
+                isa,
                 self.rows(0),
                 self.rows(1),
                 self.rows(2),
@@ -585,10 +594,16 @@ mod tests {
 
     #[test]
     fn matches_the_definition_and_ignores_the_batch() {
+        for isa in Isa::available() {
+            matches_the_definition_and_ignores_the_batch_at(isa);
+        }
+    }
+
+    fn matches_the_definition_and_ignores_the_batch_at(isa: Isa) {
         let mut seed = 3;
         for (width, heads) in SHAPES {
             let case = Case::new(&LENS, width, heads, &mut seed);
-            let got = case.run();
+            let got = case.run(isa);
             close(&got, &case.reference(), &format!("width {width}"));
             close(
                 &case.one_by_one::<false>(),
@@ -608,9 +623,9 @@ mod tests {
                     ..case
                 };
                 assert_eq!(
-                    alone.run(),
+                    alone.run(isa),
                     got[start * width..(start + n) * width],
-                    "width {width}, len {n}"
+                    "{isa}, width {width}, len {n}"
                 );
             }
         }
@@ -673,8 +688,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_kernel_gives_the_scalar_bits() {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if Isa::new(KernelKind::Avx2).is_some() {
             lanes_match_one_by_one(attend_avx2);
         }
     }
@@ -682,8 +696,23 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_kernel_gives_the_scalar_bits() {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if Isa::new(KernelKind::Avx512Vnni).is_some() {
             lanes_match_one_by_one(attend_avx512);
+        }
+    }
+
+    /// Through [`attention`] (tasks, scratch and dispatch included): every level gives
+    /// `attend_query::<true>`'s bits, so the levels agree bit for bit.
+    #[test]
+    fn levels_give_their_scalar_definitions_bits() {
+        let mut seed = 9;
+        for (width, heads) in SHAPES {
+            let case = Case::new(&LENS, width, heads, &mut seed);
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            let want = bits(case.one_by_one::<true>());
+            for isa in Isa::available() {
+                assert_eq!(bits(case.run(isa)), want, "{isa}, width {width}");
+            }
         }
     }
 }

@@ -27,11 +27,11 @@ use std::fmt;
 use rayon::prelude::*;
 
 use super::attention::{attention, Rows};
-use super::linear::{rows_per_task, QuantScratch};
+use super::linear::rows_per_task;
 use super::ops::{activation, add_layer_norm, layer_norm, tanh_in_place, uncertainty};
-use super::workspace::Workspace;
+use super::workspace::{QuantScratch, Workspace};
 use super::{Branch, EncoderLayer, FastBertBranch, LayerNormWeights, ModelWeights};
-use crate::cpu::KernelKind;
+use crate::cpu::Isa;
 use crate::error::Result;
 
 /// Names a linear in errors without allocating (`layers.2.ffn_out`).
@@ -57,7 +57,7 @@ pub(crate) fn forward(
     model: &ModelWeights,
     ws: &mut Workspace,
     speed: f32,
-    kernel: KernelKind,
+    isa: Isa,
     logits_out: &mut [f32],
     exit_out: &mut [usize],
 ) -> Result<()> {
@@ -70,7 +70,7 @@ pub(crate) fn forward(
     let mut tokens = ws.offsets[seqs];
     ws.prepare(model, tokens, seqs);
     ws.index_tokens();
-    embed(model, ws, tokens);
+    embed(model, ws, tokens, isa);
 
     let mut out = Outputs {
         logits: logits_out,
@@ -82,25 +82,25 @@ pub(crate) fn forward(
         let exit = early
             .then(|| model.exits.iter().find(|e| e.layer == l + 1))
             .flatten();
-        qkv(layer, l, ws, tokens, kernel)?;
+        qkv(layer, l, ws, tokens, isa)?;
         let light = match exit.map(|e| &e.branch) {
             Some(Branch::Linear { classifier }) => Some(classifier),
             _ => None,
         };
         if l == last || light.is_some() {
-            cls_rows(model, layer, l, ws, seqs, kernel)?;
+            cls_rows(model, layer, l, ws, seqs, isa)?;
             let Some(classifier) = light else {
                 break;
             };
-            classifier.forward(&ws.xc[..seqs * h], seqs, &mut ws.logits);
+            classifier.forward(&ws.xc[..seqs * h], seqs, &mut ws.logits, isa);
             (seqs, tokens) = exit_and_compact(ws, h, c, l + 1, speed, &mut out, true);
             if seqs == 0 {
                 return Ok(());
             }
         }
-        rest_of_layer(model, layer, l, ws, tokens, kernel)?;
+        rest_of_layer(model, layer, l, ws, tokens, isa)?;
         if let Some(Branch::FastBert(fb)) = exit.map(|e| &e.branch) {
-            fastbert_logits(model, fb, ws, tokens, seqs);
+            fastbert_logits(model, fb, ws, tokens, seqs, isa);
             (seqs, tokens) = exit_and_compact(ws, h, c, l + 1, speed, &mut out, false);
             if seqs == 0 {
                 return Ok(());
@@ -111,7 +111,7 @@ pub(crate) fn forward(
     if model.layers.is_empty() {
         gather_cls(&ws.x, h, h, &ws.offsets, &mut ws.xc[..seqs * h]);
     }
-    head_logits(model, ws, seqs);
+    head_logits(model, ws, seqs, isa);
     for s in 0..seqs {
         let row = ws.seq_row[s];
         out.logits[row * c..(row + 1) * c].copy_from_slice(&ws.logits[s * c..(s + 1) * c]);
@@ -149,7 +149,7 @@ impl Workspace {
 }
 
 /// `x = LayerNorm(word[id] + position[pos] + token_type[type])` for every token.
-fn embed(model: &ModelWeights, ws: &mut Workspace, tokens: usize) {
+fn embed(model: &ModelWeights, ws: &mut Workspace, tokens: usize, isa: Isa) {
     let emb = &model.embeddings;
     let (h, eps) = (model.dims.hidden, model.dims.eps);
     let (ids, types, offsets, tok_seq) = (&ws.ids, &ws.types, &ws.offsets, &ws.tok_seq);
@@ -167,22 +167,19 @@ fn embed(model: &ModelWeights, ws: &mut Workspace, tokens: usize) {
                 for (((x, &w), &p), &ty) in row.iter_mut().zip(word).zip(position).zip(token_type) {
                     *x = w + p + ty;
                 }
-                layer_norm(row, &emb.norm.weight, &emb.norm.bias, eps);
             }
+            layer_norm(isa, xs, &emb.norm.weight, &emb.norm.bias, eps);
         });
 }
 
 /// `x[t] = LayerNorm(x[t] + y[t])` for every token row.
-fn residual_norm(x: &mut [f32], y: &[f32], width: usize, norm: &LayerNormWeights, eps: f32) {
+fn residual_norm(isa: Isa, x: &mut [f32], y: &[f32], norm: &LayerNormWeights, eps: f32) {
+    let width = norm.weight.len();
     let rows = x.len() / width;
     let chunk = rows_per_task(rows);
     x.par_chunks_mut(chunk * width)
         .zip(y.par_chunks(chunk * width))
-        .for_each(|(xs, ys)| {
-            for (xr, yr) in xs.chunks_exact_mut(width).zip(ys.chunks_exact(width)) {
-                add_layer_norm(xr, yr, &norm.weight, &norm.bias, eps);
-            }
-        });
+        .for_each(|(xs, ys)| add_layer_norm(isa, xs, ys, &norm.weight, &norm.bias, eps));
 }
 
 /// An element-wise map over `rows` rows of `width`, in parallel.
@@ -196,20 +193,14 @@ fn par_map_rows(buf: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + S
 }
 
 /// `qkv = x @ qkv^T + b` for the `t` token rows.
-fn qkv(
-    layer: &EncoderLayer,
-    l: usize,
-    ws: &mut Workspace,
-    t: usize,
-    kernel: KernelKind,
-) -> Result<()> {
+fn qkv(layer: &EncoderLayer, l: usize, ws: &mut Workspace, t: usize, isa: Isa) -> Result<()> {
     let h = layer.qkv.k();
     layer.qkv.forward(
         &ws.x[..t * h],
         t,
         &mut ws.qkv[..t * 3 * h],
         &mut ws.quant,
-        kernel,
+        isa,
         &Site {
             layer: l,
             linear: "qkv",
@@ -224,7 +215,7 @@ fn rest_of_layer(
     l: usize,
     ws: &mut Workspace,
     t: usize,
-    kernel: KernelKind,
+    isa: Isa,
 ) -> Result<()> {
     let d = &model.dims;
     let h = d.hidden;
@@ -235,6 +226,7 @@ fn rest_of_layer(
         col,
     };
     attention(
+        isa,
         rows(0),
         rows(h),
         rows(2 * h),
@@ -255,7 +247,7 @@ fn rest_of_layer(
         &mut ws.tmp,
         &mut ws.ffn,
         &mut ws.quant,
-        kernel,
+        isa,
     )
 }
 
@@ -267,7 +259,7 @@ fn cls_rows(
     l: usize,
     ws: &mut Workspace,
     b: usize,
-    kernel: KernelKind,
+    isa: Isa,
 ) -> Result<()> {
     let d = &model.dims;
     let h = d.hidden;
@@ -276,6 +268,7 @@ fn cls_rows(
     gather_cls(qkv, 3 * h, h, &ws.offsets, &mut ws.cls_a[..b * h]);
     let rows = |data, stride, col| Rows { data, stride, col };
     attention(
+        isa,
         rows(&ws.cls_a[..b * h], h, 0),
         rows(qkv, 3 * h, h),
         rows(qkv, 3 * h, 2 * h),
@@ -297,7 +290,7 @@ fn cls_rows(
         &mut ws.tmp,
         &mut ws.ffn,
         &mut ws.quant,
-        kernel,
+        isa,
     )
 }
 
@@ -314,7 +307,7 @@ fn after_attention(
     tmp: &mut [f32],
     ffn: &mut [f32],
     quant: &mut QuantScratch,
-    kernel: KernelKind,
+    isa: Isa,
 ) -> Result<()> {
     let d = &model.dims;
     let (h, f) = (d.hidden, d.intermediate);
@@ -323,17 +316,17 @@ fn after_attention(
     let site = |linear| Site { layer: l, linear };
     layer
         .attn_out
-        .forward(ctx, t, tmp, quant, kernel, &site("attn_out"))?;
-    residual_norm(x, tmp, h, &layer.attn_norm, d.eps);
+        .forward(ctx, t, tmp, quant, isa, &site("attn_out"))?;
+    residual_norm(isa, x, tmp, &layer.attn_norm, d.eps);
     layer
         .ffn_in
-        .forward(x, t, ffn, quant, kernel, &site("ffn_in"))?;
+        .forward(x, t, ffn, quant, isa, &site("ffn_in"))?;
     let act = d.act;
-    par_map_rows(ffn, f, |rows| activation(rows, act));
+    par_map_rows(ffn, f, |rows| activation(isa, rows, act));
     layer
         .ffn_out
-        .forward(ffn, t, tmp, quant, kernel, &site("ffn_out"))?;
-    residual_norm(x, tmp, h, &layer.ffn_norm, d.eps);
+        .forward(ffn, t, tmp, quant, isa, &site("ffn_out"))?;
+    residual_norm(isa, x, tmp, &layer.ffn_norm, d.eps);
     Ok(())
 }
 
@@ -357,25 +350,29 @@ fn fastbert_logits(
     ws: &mut Workspace,
     t: usize,
     b: usize,
+    isa: Isa,
 ) {
     let h = model.dims.hidden;
     let w = fb.dense_in.n();
     // h = tanh(x @ dense_in^T + b) on every token.
-    fb.dense_in.forward(&ws.x[..t * h], t, &mut ws.bh[..t * w]);
+    fb.dense_in
+        .forward(&ws.x[..t * h], t, &mut ws.bh[..t * w], isa);
     par_map_rows(&mut ws.bh[..t * w], w, tanh_in_place);
     // Self-attention: keys and values of every token, the query of [CLS] only (the branch
     // reads nothing but h[CLS] afterwards).
-    fb.key.forward(&ws.bh[..t * w], t, &mut ws.bk[..t * w]);
-    fb.value.forward(&ws.bh[..t * w], t, &mut ws.bv[..t * w]);
+    fb.key.forward(&ws.bh[..t * w], t, &mut ws.bk[..t * w], isa);
+    fb.value
+        .forward(&ws.bh[..t * w], t, &mut ws.bv[..t * w], isa);
     gather_cls(&ws.bh[..t * w], w, w, &ws.offsets, &mut ws.cls_a[..b * w]);
     fb.query
-        .forward(&ws.cls_a[..b * w], b, &mut ws.cls_b[..b * w]);
+        .forward(&ws.cls_a[..b * w], b, &mut ws.cls_b[..b * w], isa);
     let rows = |data| Rows {
         data,
         stride: w,
         col: 0,
     };
     attention(
+        isa,
         rows(&ws.cls_b[..b * w]),
         rows(&ws.bk[..t * w]),
         rows(&ws.bv[..t * w]),
@@ -387,27 +384,28 @@ fn fastbert_logits(
         &mut ws.cls_a[..b * w],
     );
     fb.attn_out
-        .forward(&ws.cls_a[..b * w], b, &mut ws.cls_b[..b * w]);
+        .forward(&ws.cls_a[..b * w], b, &mut ws.cls_b[..b * w], isa);
     // c = tanh(h[CLS] @ dense^T + b); logits = c @ classifier^T + b.
     fb.dense
-        .forward(&ws.cls_b[..b * w], b, &mut ws.cls_a[..b * w]);
+        .forward(&ws.cls_b[..b * w], b, &mut ws.cls_a[..b * w], isa);
     tanh_in_place(&mut ws.cls_a[..b * w]);
-    fb.classifier.forward(&ws.cls_a[..b * w], b, &mut ws.logits);
+    fb.classifier
+        .forward(&ws.cls_a[..b * w], b, &mut ws.logits, isa);
 }
 
 /// `classifier(tanh(pooler(x[CLS])))` for every running sequence, into `ws.logits`; the `[CLS]`
 /// rows are `xc[..b * H]` (see [`cls_rows`]).
-fn head_logits(model: &ModelWeights, ws: &mut Workspace, b: usize) {
+fn head_logits(model: &ModelWeights, ws: &mut Workspace, b: usize, isa: Isa) {
     let h = model.dims.hidden;
     model
         .head
         .pooler
-        .forward(&ws.xc[..b * h], b, &mut ws.cls_b[..b * h]);
+        .forward(&ws.xc[..b * h], b, &mut ws.cls_b[..b * h], isa);
     tanh_in_place(&mut ws.cls_b[..b * h]);
     model
         .head
         .classifier
-        .forward(&ws.cls_b[..b * h], b, &mut ws.logits);
+        .forward(&ws.cls_b[..b * h], b, &mut ws.logits, isa);
 }
 
 /// Finishes the sequences whose branch uncertainty is `< speed` (their logits and `layer` go to
@@ -454,4 +452,166 @@ fn exit_and_compact(
     ws.seq_row.truncate(kept);
     ws.index_tokens();
     (kept, new_t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Activation;
+    use crate::gemm::PackedWeights;
+    use crate::model::{
+        Dims, Embeddings, EncoderLayer, Exit, F32Linear, FastBertBranch, Head, Int8Linear, Linear,
+    };
+    use crate::quant::quantize_weights;
+    use crate::testing::SplitMix64;
+
+    const H: usize = 32;
+    const F: usize = 64;
+    const W: usize = 16;
+    const C: usize = 3;
+    const LAYERS: usize = 4;
+
+    fn values(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| rng.normal() * scale).collect()
+    }
+
+    fn f32_linear(rng: &mut SplitMix64, n: usize, k: usize) -> F32Linear {
+        let w = values(rng, n * k, 1.0 / (k as f32).sqrt());
+        F32Linear::new(&w, n, k, values(rng, n, 0.1)).unwrap()
+    }
+
+    fn int8_linear(rng: &mut SplitMix64, n: usize, k: usize) -> Linear {
+        let w = values(rng, n * k, 1.0 / (k as f32).sqrt());
+        let packed = PackedWeights::new(&quantize_weights(&w, n, k).unwrap()).unwrap();
+        Linear::Int8(Int8Linear::new(packed, values(rng, n, 0.1)).unwrap())
+    }
+
+    fn norm(rng: &mut SplitMix64, h: usize) -> LayerNormWeights {
+        LayerNormWeights {
+            weight: (0..h).map(|_| rng.uniform(0.8, 1.2)).collect(),
+            bias: values(rng, h, 0.05),
+        }
+    }
+
+    /// A small int8 BERT with a FastBERT exit after layer 1 and a linear one after layer 2.
+    fn model(act: Activation) -> ModelWeights {
+        let mut rng = SplitMix64::new(47);
+        let (vocab, positions) = (50, 24);
+        let embeddings = Embeddings {
+            word: values(&mut rng, vocab * H, 1.0),
+            position: values(&mut rng, positions * H, 0.3),
+            token_type: values(&mut rng, 2 * H, 0.3),
+            norm: norm(&mut rng, H),
+        };
+        let layers = (0..LAYERS)
+            .map(|_| EncoderLayer {
+                qkv: int8_linear(&mut rng, 3 * H, H),
+                attn_out: int8_linear(&mut rng, H, H),
+                attn_norm: norm(&mut rng, H),
+                ffn_in: int8_linear(&mut rng, F, H),
+                ffn_out: int8_linear(&mut rng, H, F),
+                ffn_norm: norm(&mut rng, H),
+            })
+            .collect();
+        let fastbert = FastBertBranch {
+            dense_in: f32_linear(&mut rng, W, H),
+            query: f32_linear(&mut rng, W, W),
+            key: f32_linear(&mut rng, W, W),
+            value: f32_linear(&mut rng, W, W),
+            attn_out: f32_linear(&mut rng, W, W),
+            dense: f32_linear(&mut rng, W, W),
+            classifier: f32_linear(&mut rng, C, W),
+        };
+        let exits = vec![
+            Exit {
+                layer: 1,
+                branch: Branch::FastBert(Box::new(fastbert)),
+            },
+            Exit {
+                layer: 2,
+                branch: Branch::Linear {
+                    classifier: f32_linear(&mut rng, C, H),
+                },
+            },
+        ];
+        ModelWeights {
+            dims: Dims {
+                vocab,
+                positions,
+                token_types: 2,
+                hidden: H,
+                heads: 4,
+                intermediate: F,
+                layers: LAYERS,
+                outputs: C,
+                branch_width: W,
+                branch_heads: 2,
+                eps: 1e-12,
+                act,
+                regression: false,
+            },
+            embeddings,
+            layers,
+            head: Head {
+                pooler: f32_linear(&mut rng, H, H),
+                classifier: f32_linear(&mut rng, C, H),
+            },
+            exits,
+        }
+    }
+
+    /// Sequences of 1 to 23 tokens (vector tiles full, partial and ragged).
+    fn sequences() -> Vec<Vec<u32>> {
+        let mut rng = SplitMix64::new(53);
+        [2, 23, 9, 1, 16, 17, 5, 12]
+            .iter()
+            .map(|&n| (0..n).map(|_| rng.below(50) as u32).collect())
+            .collect()
+    }
+
+    /// Logits and exit layers of `seqs`, run together.
+    fn run(
+        model: &ModelWeights,
+        isa: Isa,
+        seqs: &[Vec<u32>],
+        speed: f32,
+    ) -> (Vec<u32>, Vec<usize>) {
+        let mut ws = Workspace::default();
+        ws.begin();
+        for s in seqs {
+            ws.push_seq(s, None);
+        }
+        let mut logits = vec![f32::NAN; seqs.len() * C];
+        let mut exits = vec![0; seqs.len()];
+        forward(model, &mut ws, speed, isa, &mut logits, &mut exits).unwrap();
+        (logits.into_iter().map(f32::to_bits).collect(), exits)
+    }
+
+    /// At every level: the same call twice gives the same bits, and so does each sequence alone.
+    /// Across levels: every kernel gives the same bits at every level (GELU and attention use
+    /// fused multiply-adds at each), so logits and exit layers are identical.
+    #[test]
+    fn every_level_gives_the_same_bits() {
+        let seqs = sequences();
+        for act in [Activation::Gelu, Activation::GeluNew] {
+            let model = model(act);
+            for speed in [0.0, 0.8, 0.9, 1.0] {
+                let mut by_level = Vec::new();
+                for isa in Isa::available() {
+                    let got = run(&model, isa, &seqs, speed);
+                    assert_eq!(got, run(&model, isa, &seqs, speed), "{isa} {speed}");
+                    for (i, s) in seqs.iter().enumerate() {
+                        let (logits, exits) = run(&model, isa, std::slice::from_ref(s), speed);
+                        assert_eq!(logits, got.0[i * C..(i + 1) * C], "{isa} row {i}");
+                        assert_eq!(exits, [got.1[i]], "{isa} row {i}");
+                    }
+                    by_level.push((isa, got));
+                }
+                let (first, want) = &by_level[0];
+                for (isa, got) in &by_level[1..] {
+                    assert_eq!(got, want, "{isa} vs {first}, speed {speed}");
+                }
+            }
+        }
+    }
 }

@@ -4,8 +4,9 @@
 use rayon::prelude::*;
 
 use super::matmul::F32Linear;
-use super::quantize::quantize_activations_into;
-use crate::cpu::KernelKind;
+use super::quantize::quantize_rows;
+use super::workspace::QuantScratch;
+use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gemm::{gemm_dequant, PackedWeights};
 
@@ -42,24 +43,6 @@ pub enum Linear {
     F32(F32Linear),
 }
 
-/// Per-call buffers for the quantized activations of an int8 linear's input: `q` holds
-/// `rows * k` bytes, `scales` and `zero_points` one entry per row.
-#[derive(Debug, Default)]
-pub struct QuantScratch {
-    pub q: Vec<u8>,
-    pub scales: Vec<f32>,
-    pub zero_points: Vec<u8>,
-}
-
-impl QuantScratch {
-    /// Grows the buffers (never shrinks them) to hold `rows` rows of up to `k` features.
-    pub fn reserve(&mut self, rows: usize, k: usize) {
-        super::workspace::fit(&mut self.q, rows * k);
-        super::workspace::fit(&mut self.scales, rows);
-        super::workspace::fit(&mut self.zero_points, rows);
-    }
-}
-
 /// Rows per parallel task for a row-split over `rows` rows.
 pub(crate) fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(rayon::current_num_threads().max(1))
@@ -86,19 +69,20 @@ impl Linear {
     /// `out = x @ W^T + b` for `rows` rows (`x`: `[rows, k]`, `out`: `[rows, n]`), rows split over
     /// the current rayon pool. The int8 form quantizes each row of `x` to u8 (its own scale and zero
     /// point) into `scratch`, then runs the fused GEMM; both are per row, so a row's output never
-    /// depends on the other rows. `name` labels errors (a non-finite activation).
+    /// depends on the other rows. Every kernel runs at `isa`. `name` labels errors (a non-finite
+    /// activation).
     pub fn forward(
         &self,
         x: &[f32],
         rows: usize,
         out: &mut [f32],
         scratch: &mut QuantScratch,
-        kernel: KernelKind,
+        isa: Isa,
         name: &(dyn std::fmt::Display + Sync),
     ) -> Result<()> {
         match self {
             Linear::F32(l) => {
-                l.forward(x, rows, out);
+                l.forward(x, rows, out, isa);
                 Ok(())
             }
             Linear::Int8(l) => {
@@ -119,9 +103,9 @@ impl Linear {
                     .zip(zps.par_chunks_mut(chunk))
                     .try_for_each(|((((o, xa), qa), sa), za)| {
                         let r = sa.len();
-                        quantize_activations_into(xa, r, k, qa, sa, za)
+                        quantize_rows(isa, xa, r, k, qa, sa, za)
                             .map_err(|e| Error::compute(format!("input of {name}: {e}")))?;
-                        gemm_dequant(qa, r, k, &l.packed, sa, za, Some(&l.bias), o, kernel)
+                        gemm_dequant(qa, r, k, &l.packed, sa, za, Some(&l.bias), o, isa.kind())
                             .map_err(|e| Error::compute(format!("{name}: {e}")))
                     })
             }

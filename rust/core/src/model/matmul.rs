@@ -5,9 +5,9 @@
 //! thread split: `acc = 0; for k in 0..K { acc = acc + x[t, k] * w[o, k] }; y = acc + b[o]`, with
 //! separate multiply and add (Rust never contracts them into an FMA). So a row's result does not
 //! depend on which other rows share the call, which is what makes batched results equal
-//! batch-size-1 results bit for bit. The AVX2 build of the kernel is the same source compiled with
-//! wider vectors; it vectorizes across output channels only, never across K, so it rounds
-//! identically.
+//! batch-size-1 results bit for bit. The AVX2 build of the kernel (used at the AVX2 and AVX-512
+//! levels of [`Isa`]) is the same source compiled with wider vectors; it vectorizes across output
+//! channels only, never across K, so every level rounds identically.
 //!
 //! # Layout and blocking
 //! The weights are packed at load into panels of [`NR`] output channels: panel `p` holds, for each
@@ -17,6 +17,8 @@
 //! and a 4 x 16 tile of accumulators stays in registers.
 
 use rayon::prelude::*;
+
+use crate::cpu::{Isa, KernelKind};
 
 /// Output channels per packed panel.
 pub const NR: usize = 16;
@@ -77,45 +79,48 @@ impl F32Linear {
     }
 
     /// `out[t, o] = sum_k x[t, k] w[o, k] + b[o]` for `rows` rows of `x` (`[rows, k]`), writing
-    /// `out` (`[rows, n]`); rows are split across the current rayon pool when it pays.
+    /// `out` (`[rows, n]`) with the kernel of `isa`; rows are split across the current rayon pool
+    /// when it pays.
     ///
     /// Panics if a buffer is shorter than the shape implies (an internal invariant: the runtime
     /// sizes every buffer from the validated bundle).
-    pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+    pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], isa: Isa) {
         let (x, out) = (&x[..rows * self.k], &mut out[..rows * self.n]);
         let macs = rows * self.k * self.n;
         let threads = rayon::current_num_threads();
         if macs < PARALLEL_MIN_MACS || threads <= 1 || rows < 2 || self.k == 0 {
-            self.forward_serial(x, rows, out);
+            self.forward_serial(x, rows, out, isa);
             return;
         }
         let chunk = rows.div_ceil(threads).clamp(1, 64);
         out.par_chunks_mut(chunk * self.n)
             .zip(x.par_chunks(chunk * self.k))
-            .for_each(|(o, xa)| self.forward_serial(xa, xa.len() / self.k, o));
+            .for_each(|(o, xa)| self.forward_serial(xa, xa.len() / self.k, o, isa));
     }
 
     /// The single-threaded form of [`F32Linear::forward`].
-    pub fn forward_serial(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+    pub fn forward_serial(&self, x: &[f32], rows: usize, out: &mut [f32], isa: Isa) {
         if self.k == 0 {
             for row in out[..rows * self.n].chunks_exact_mut(self.n) {
                 row.copy_from_slice(&self.bias);
             }
             return;
         }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, the only feature `kernel_avx2` is compiled for.
-            unsafe { kernel_avx2(self, x, rows, out) };
-            return;
+        match isa.kind() {
+            // SAFETY: `isa` proves the CPU has AVX2 (both levels include it), the only feature
+            // `kernel_avx2` is compiled for.
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx2 | KernelKind::Avx512Vnni => unsafe { kernel_avx2(self, x, rows, out) },
+            _ => kernel(self, x, rows, out),
         }
-        kernel(self, x, rows, out);
     }
 }
 
+/// # Safety
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn kernel_avx2(w: &F32Linear, x: &[f32], rows: usize, out: &mut [f32]) {
+unsafe fn kernel_avx2(w: &F32Linear, x: &[f32], rows: usize, out: &mut [f32]) {
     kernel(w, x, rows, out);
 }
 
@@ -171,7 +176,7 @@ fn kernel(w: &F32Linear, x: &[f32], rows: usize, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::test_rng::SplitMix64;
+    use crate::testing::SplitMix64;
 
     fn naive(w: &[f32], b: &[f32], x: &[f32], rows: usize, n: usize, k: usize) -> Vec<f32> {
         let mut out = vec![0f32; rows * n];
@@ -203,7 +208,7 @@ mod tests {
             let lin = F32Linear::new(&w, n, k, b.clone()).unwrap();
             let want = naive(&w, &b, &x, rows, n, k);
             let mut got = vec![f32::NAN; rows * n];
-            lin.forward(&x, rows, &mut got);
+            lin.forward(&x, rows, &mut got, Isa::best());
             assert_eq!(
                 got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -212,12 +217,20 @@ mod tests {
             // Any single row alone gives the same bits (row independence).
             let t = rows - 1;
             let mut one = vec![0f32; n];
-            lin.forward(&x[t * k..], 1, &mut one);
+            lin.forward(&x[t * k..], 1, &mut one, Isa::best());
             assert_eq!(one, want[t * n..]);
-            // The portable build agrees with the dispatched one.
-            let mut portable = vec![0f32; rows * n];
-            kernel(&lin, &x, rows, &mut portable);
-            assert_eq!(portable, got);
+            // Every level gives the same bits, threaded or not.
+            for isa in Isa::available() {
+                let mut at = vec![f32::NAN; rows * n];
+                lin.forward(&x, rows, &mut at, isa);
+                assert_eq!(
+                    at.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{isa}, rows={rows} k={k} n={n}"
+                );
+                lin.forward_serial(&x, rows, &mut at, isa);
+                assert_eq!(at, want, "{isa} serial");
+            }
         }
     }
 

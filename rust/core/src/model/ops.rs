@@ -6,37 +6,74 @@
 use super::lanes::{Avx2, Avx512, F32Lanes};
 use super::vmath;
 use crate::config::Activation;
+use crate::cpu::{Isa, KernelKind};
 
-/// `x = LayerNorm(x + y) * weight + bias` over one row (`y` is the residual branch's output).
-#[inline]
-pub fn add_layer_norm(x: &mut [f32], y: &[f32], weight: &[f32], bias: &[f32], eps: f32) {
-    for (a, &b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-    layer_norm(x, weight, bias, eps);
+/// `x[r] = LayerNorm(x[r] + y[r]) * weight + bias` for every row `r` of `x` (rows of
+/// `weight.len()` values; `y` is the residual branch's output, same shape).
+pub fn add_layer_norm(isa: Isa, x: &mut [f32], y: &[f32], weight: &[f32], bias: &[f32], eps: f32) {
+    norm_rows_at(isa, x, Some(y), weight, bias, eps);
 }
 
-/// LayerNorm of one row in place: `(x - mean) / sqrt(var + eps) * weight + bias` with the biased
-/// variance (two passes), as `torch.nn.LayerNorm`. Sums are taken over eight interleaved partial
-/// sums, so the loops vectorize; the AVX2 build gives the same bits.
-pub fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, the only feature `layer_norm_avx2` is compiled for.
-        unsafe { layer_norm_avx2(x, weight, bias, eps) };
-        return;
-    }
-    layer_norm_generic(x, weight, bias, eps);
+/// LayerNorm of every row of `x` (rows of `weight.len()` values) in place:
+/// `(x - mean) / sqrt(var + eps) * weight + bias` with the biased variance (two passes), as
+/// `torch.nn.LayerNorm`. Sums are taken over eight interleaved partial sums, so the loops
+/// vectorize; every level gives the same bits (the AVX2 build is the same source, and nothing is
+/// fused).
+pub fn layer_norm(isa: Isa, x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    norm_rows_at(isa, x, None, weight, bias, eps);
 }
 
+fn norm_rows_at(
+    isa: Isa,
+    x: &mut [f32],
+    y: Option<&[f32]>,
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+) {
+    match isa.kind() {
+        // SAFETY: `isa` proves the CPU has AVX2 (both levels include it).
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx2 | KernelKind::Avx512Vnni => unsafe {
+            norm_rows_avx2(x, y, weight, bias, eps)
+        },
+        _ => norm_rows(x, y, weight, bias, eps),
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn layer_norm_avx2(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    layer_norm_generic(x, weight, bias, eps);
+unsafe fn norm_rows_avx2(x: &mut [f32], y: Option<&[f32]>, weight: &[f32], bias: &[f32], eps: f32) {
+    norm_rows(x, y, weight, bias, eps);
 }
 
 #[inline(always)]
-fn layer_norm_generic(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+fn norm_rows(x: &mut [f32], y: Option<&[f32]>, weight: &[f32], bias: &[f32], eps: f32) {
+    let width = weight.len();
+    if width == 0 {
+        return;
+    }
+    match y {
+        Some(y) => {
+            for (xr, yr) in x.chunks_exact_mut(width).zip(y.chunks_exact(width)) {
+                for (a, &b) in xr.iter_mut().zip(yr) {
+                    *a += b;
+                }
+                norm_row(xr, weight, bias, eps);
+            }
+        }
+        None => {
+            for xr in x.chunks_exact_mut(width) {
+                norm_row(xr, weight, bias, eps);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn norm_row(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     let n = x.len() as f32;
     let mean = lane_sum(x, |v| v) / n;
     let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
@@ -63,28 +100,24 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         .fold(lanes.iter().sum(), |s, &v| s + f(v))
 }
 
-/// The feed-forward activation, in place.
-pub fn activation(x: &mut [f32], act: Activation) {
+/// The feed-forward activation, in place. Every level gives the same bits: `gelu` is
+/// [`vmath::gelu::<true>`] (with fused multiply-adds) at each (see [`vmath`] for the portable
+/// level's cost), `gelu_new` the same scalar code.
+pub fn activation(isa: Isa, x: &mut [f32], act: Activation) {
     match act {
-        Activation::Gelu => {
+        Activation::Gelu => match isa.kind() {
+            // SAFETY: `isa` proves the CPU has AVX-512F, which `gelu_in_place_avx512` needs.
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F, the only feature `gelu_in_place_avx512` needs.
-                unsafe { gelu_in_place_avx512(x) };
-                return;
-            }
+            KernelKind::Avx512Vnni => unsafe { gelu_in_place_avx512(x) },
+            // SAFETY: `isa` proves the CPU has AVX2 and FMA, which `gelu_in_place_avx2` needs.
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: the CPU supports AVX2 and FMA, the features `gelu_in_place_avx2` needs.
-                unsafe { gelu_in_place_avx2(x) };
-                return;
+            KernelKind::Avx2 => unsafe { gelu_in_place_avx2(x) },
+            _ => {
+                for v in x {
+                    *v = vmath::gelu::<true>(*v);
+                }
             }
-            for v in x {
-                *v = vmath::gelu::<false>(*v);
-            }
-        }
+        },
         Activation::GeluNew => {
             for v in x {
                 *v = gelu_tanh(*v);
@@ -94,17 +127,23 @@ pub fn activation(x: &mut [f32], act: Activation) {
 }
 
 /// [`vmath::gelu`] (with fused multiply-adds) in place, eight values at a time.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn gelu_in_place_avx2(x: &mut [f32]) {
+unsafe fn gelu_in_place_avx2(x: &mut [f32]) {
     // SAFETY: AVX2 and FMA are enabled, as `Avx2` requires.
     unsafe { gelu_in_place_lanes::<Avx2>(x) }
 }
 
 /// [`vmath::gelu`] (with fused multiply-adds) in place, sixteen values at a time.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn gelu_in_place_avx512(x: &mut [f32]) {
+unsafe fn gelu_in_place_avx512(x: &mut [f32]) {
     // SAFETY: AVX-512F is enabled, as `Avx512` requires.
     unsafe { gelu_in_place_lanes::<Avx512>(x) }
 }
@@ -197,10 +236,22 @@ pub fn argmax(x: &[f32]) -> usize {
 mod tests {
     use super::*;
 
+    use crate::testing::SplitMix64;
+
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
     #[test]
     fn layer_norm_matches_definition() {
+        for isa in Isa::available() {
+            layer_norm_matches_definition_at(isa);
+        }
+    }
+
+    fn layer_norm_matches_definition_at(isa: Isa) {
         let mut x = [1.0f32, 2.0, 3.0, 6.0];
-        layer_norm(&mut x, &[1.0; 4], &[0.5; 4], 1e-12);
+        layer_norm(isa, &mut x, &[1.0; 4], &[0.5; 4], 1e-12);
         let mean = 3.0f64;
         let var: f64 = (4.0 + 1.0 + 0.0 + 9.0) / 4.0;
         for (i, v) in [1.0f64, 2.0, 3.0, 6.0].iter().enumerate() {
@@ -209,8 +260,83 @@ mod tests {
         }
         // A constant row normalizes to the bias (eps keeps it finite).
         let mut c = [7.0f32; 3];
-        layer_norm(&mut c, &[2.0; 3], &[0.25; 3], 1e-12);
+        layer_norm(isa, &mut c, &[2.0; 3], &[0.25; 3], 1e-12);
         assert_eq!(c, [0.25; 3]);
+    }
+
+    /// LayerNorm (with and without the residual add) gives the portable bits at every level this
+    /// CPU runs, on widths below, at and above the eight partial sums, row by row.
+    #[test]
+    fn layer_norm_is_bit_identical_across_levels() {
+        let mut rng = SplitMix64::new(31);
+        for width in [1, 7, 8, 9, 64, 312, 1200] {
+            let rows = 5;
+            let x: Vec<f32> = (0..rows * width)
+                .map(|_| rng.normal() * 3.0 + 1.0)
+                .collect();
+            let y: Vec<f32> = (0..rows * width).map(|_| rng.normal()).collect();
+            let w: Vec<f32> = (0..width).map(|_| rng.uniform(0.5, 1.5)).collect();
+            let b: Vec<f32> = (0..width).map(|_| rng.uniform(-0.2, 0.2)).collect();
+            let run = |isa, residual: bool| {
+                let mut out = x.clone();
+                if residual {
+                    add_layer_norm(isa, &mut out, &y, &w, &b, 1e-12);
+                } else {
+                    layer_norm(isa, &mut out, &w, &b, 1e-12);
+                }
+                out
+            };
+            for residual in [false, true] {
+                let want = run(Isa::PORTABLE, residual);
+                for isa in Isa::available() {
+                    assert_eq!(
+                        bits(&run(isa, residual)),
+                        bits(&want),
+                        "{isa}, width {width}, residual {residual}"
+                    );
+                }
+                // Rows are independent: the last row alone gives the same bits.
+                let mut last = x[(rows - 1) * width..].to_vec();
+                if residual {
+                    add_layer_norm(
+                        Isa::best(),
+                        &mut last,
+                        &y[(rows - 1) * width..],
+                        &w,
+                        &b,
+                        1e-12,
+                    );
+                } else {
+                    layer_norm(Isa::best(), &mut last, &w, &b, 1e-12);
+                }
+                assert_eq!(bits(&last), bits(&want[(rows - 1) * width..]));
+            }
+        }
+    }
+
+    /// GELU gives `gelu::<true>`'s bits at every level; lengths cover whole vectors and scalar
+    /// tails.
+    #[test]
+    fn gelu_levels_give_their_scalar_twins_bits() {
+        let mut rng = SplitMix64::new(37);
+        for len in [1, 7, 8, 15, 16, 17, 33, 1200] {
+            let mut x: Vec<f32> = (0..len).map(|_| rng.normal() * 4.0).collect();
+            x[0] = if len > 1 { -0.0 } else { 3.5 };
+            let want: Vec<f32> = x.iter().map(|&v| vmath::gelu::<true>(v)).collect();
+            for isa in Isa::available() {
+                let mut got = x.clone();
+                activation(isa, &mut got, Activation::Gelu);
+                assert_eq!(bits(&got), bits(&want), "{isa}, len {len}");
+            }
+            // gelu_new is the same scalar code at every level.
+            let mut want = x.clone();
+            activation(Isa::PORTABLE, &mut want, Activation::GeluNew);
+            for isa in Isa::available() {
+                let mut got = x.clone();
+                activation(isa, &mut got, Activation::GeluNew);
+                assert_eq!(bits(&got), bits(&want), "gelu_new {isa}");
+            }
+        }
     }
 
     #[test]

@@ -1,22 +1,29 @@
-//! Per-token u8 activation quantization, vectorized.
+//! Per-token u8 activation quantization, vectorized: the runtime's form of the reference
+//! [`crate::quant::quantize_activations_into`].
 //!
-//! Computes exactly what [`crate::quant::quantize_activations_into`] computes (the scheme of
-//! docs/bundle.md: range widened to include 0, `s = (max - min) / 255`, `zp = round(-min / s)`,
-//! `q = clamp(round(x / s) + zp, 0, 255)`, rounding half away from zero), bit for bit, which a test
-//! checks for every kernel on random and edge-case rows. It is a separate implementation because it
-//! is on the hot path: the row's min, max and finiteness are reduced in lanes, and `round(x / s)`
-//! is computed as `t = trunc(y); t + sign(y) if |y - t| >= 0.5` (exact: `y - t` and `t +- 1` are
-//! representable), which compiles to vector instructions where `f32::round` is a library call per
-//! element. Kernels: AVX-512 (16 lanes, written with intrinsics, masked tails), and the portable
-//! code, which the compiler vectorizes to 8 lanes when built for AVX2.
+//! Computes exactly what the reference computes (the rule of docs/bundle.md, "Int8 scheme"), bit
+//! for bit, which tests check for every kernel on random rows, edge cases and the golden vectors of
+//! tests/golden/quantization.json. It is a separate implementation because it is on the hot path:
+//! the row's min, max and finiteness are reduced in lanes, and `round(x / s)` is computed as
+//! `t = trunc(y); t + sign(y) if |y - t| >= 0.5` (exact: `y - t` and `t +- 1` are representable),
+//! which compiles to vector instructions where `f32::round` is a library call per element. The
+//! scale and zero point come from the reference's own `activation_params`.
+//!
+//! Kernels, one per level of [`Isa`], chosen by [`quantize_rows`] once per call:
+//! [`quantize_rows_avx512`] (16 lanes, intrinsics, masked tails), [`quantize_rows_avx2`] (the
+//! portable source compiled for AVX2, which vectorizes it to 8 lanes) and
+//! [`quantize_rows_portable`].
 
+use crate::cpu::{Isa, KernelKind};
 use crate::quant::{activation_params, check_len, checked_len, QuantError, ACT_QMAX};
 
 const LANES: usize = 8;
 
-/// Quantizes `rows` rows of `x` (`[rows, k]`) into `q`, `scales` and `zero_points`; fails on a
-/// non-finite value, naming its row and column (as the reference implementation does).
-pub fn quantize_activations_into(
+/// Quantizes `rows` rows of `x` (`[rows, k]`) into `q`, `scales` and `zero_points` with the
+/// kernel of `isa`; fails on a non-finite value, naming its row and column (as the reference
+/// does).
+pub fn quantize_rows(
+    isa: Isa,
     x: &[f32],
     rows: usize,
     k: usize,
@@ -24,37 +31,21 @@ pub fn quantize_activations_into(
     scales: &mut [f32],
     zero_points: &mut [u8],
 ) -> Result<(), QuantError> {
-    quantize_with(Kernel::best(), x, rows, k, q, scales, zero_points)
-}
-
-/// The implementations, widest first.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Kernel {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
-
-impl Kernel {
-    fn best() -> Kernel {
+    match isa.kind() {
+        // SAFETY: `isa` proves the CPU has the level's features, AVX-512F among them.
         #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Kernel::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Kernel::Avx2;
-            }
-        }
-        Kernel::Portable
+        KernelKind::Avx512Vnni => unsafe {
+            quantize_rows_avx512(x, rows, k, q, scales, zero_points)
+        },
+        // SAFETY: `isa` proves the CPU has AVX2.
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx2 => unsafe { quantize_rows_avx2(x, rows, k, q, scales, zero_points) },
+        _ => quantize_rows_portable(x, rows, k, q, scales, zero_points),
     }
 }
 
-/// [`quantize_activations_into`] with `kernel`, which the CPU must support (checked).
-fn quantize_with(
-    kernel: Kernel,
+/// [`quantize_rows`] in portable code.
+pub fn quantize_rows_portable(
     x: &[f32],
     rows: usize,
     k: usize,
@@ -62,27 +53,16 @@ fn quantize_with(
     scales: &mut [f32],
     zero_points: &mut [u8],
 ) -> Result<(), QuantError> {
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => {
-            assert!(std::arch::is_x86_feature_detected!("avx512f"));
-            // SAFETY: the CPU supports AVX-512F, the only feature `quantize_avx512` needs.
-            unsafe { quantize_avx512(x, rows, k, q, scales, zero_points) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => {
-            assert!(std::arch::is_x86_feature_detected!("avx2"));
-            // SAFETY: the CPU supports AVX2, the only feature `quantize_avx2` is compiled for.
-            unsafe { quantize_avx2(x, rows, k, q, scales, zero_points) }
-        }
-        Kernel::Portable => quantize_rows(x, rows, k, q, scales, zero_points, quantize_row),
-    }
+    quantize_each_row(x, rows, k, q, scales, zero_points, quantize_row)
 }
 
-/// The portable code compiled for AVX2 (it vectorizes to eight lanes).
+/// [`quantize_rows`] in the portable source compiled for AVX2 (it vectorizes to eight lanes).
+///
+/// # Safety
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn quantize_avx2(
+pub unsafe fn quantize_rows_avx2(
     x: &[f32],
     rows: usize,
     k: usize,
@@ -90,12 +70,16 @@ fn quantize_avx2(
     scales: &mut [f32],
     zero_points: &mut [u8],
 ) -> Result<(), QuantError> {
-    quantize_rows(x, rows, k, q, scales, zero_points, quantize_row)
+    quantize_each_row(x, rows, k, q, scales, zero_points, quantize_row)
 }
 
+/// [`quantize_rows`] sixteen values at a time.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn quantize_avx512(
+pub unsafe fn quantize_rows_avx512(
     x: &[f32],
     rows: usize,
     k: usize,
@@ -104,7 +88,7 @@ fn quantize_avx512(
     zero_points: &mut [u8],
 ) -> Result<(), QuantError> {
     // SAFETY: AVX-512F is enabled.
-    quantize_rows(x, rows, k, q, scales, zero_points, |x, q| unsafe {
+    quantize_each_row(x, rows, k, q, scales, zero_points, |x, q| unsafe {
         quantize_row_avx512(x, q)
     })
 }
@@ -112,7 +96,7 @@ fn quantize_avx512(
 /// Checks the shapes, then quantizes row by row with `row` (which returns `(scale, zero_point)`
 /// or the column of the first non-finite value).
 #[inline(always)]
-fn quantize_rows(
+fn quantize_each_row(
     x: &[f32],
     rows: usize,
     k: usize,
@@ -265,44 +249,30 @@ unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::test_rng::SplitMix64;
+    use crate::testing::SplitMix64;
 
-    /// The kernels this CPU runs.
-    fn kernels() -> Vec<Kernel> {
-        let mut all = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                all.push(Kernel::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                all.push(Kernel::Avx512);
-            }
-        }
-        all
-    }
-
-    /// Every kernel against the reference quantizer.
+    /// Every kernel this CPU runs against the reference quantizer.
     fn both(x: &[f32], rows: usize, k: usize) {
-        for kernel in kernels() {
-            one(kernel, x, rows, k);
+        for isa in Isa::available() {
+            one(isa, x, rows, k);
         }
     }
 
-    fn one(kernel: Kernel, x: &[f32], rows: usize, k: usize) {
+    fn one(isa: Isa, x: &[f32], rows: usize, k: usize) {
         let (mut q1, mut s1, mut z1) = (vec![7u8; rows * k], vec![0f32; rows], vec![9u8; rows]);
         let (mut q2, mut s2, mut z2) = (q1.clone(), s1.clone(), z1.clone());
-        let a = quantize_with(kernel, x, rows, k, &mut q1, &mut s1, &mut z1);
+        let a = quantize_rows(isa, x, rows, k, &mut q1, &mut s1, &mut z1);
         let b = crate::quant::quantize_activations_into(x, rows, k, &mut q2, &mut s2, &mut z2);
         // Debug text, since NaN values in errors never compare equal.
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         if a.is_ok() {
-            assert_eq!(q1, q2, "{kernel:?}");
+            assert_eq!(q1, q2, "{isa}");
             assert_eq!(
                 s1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                s2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                s2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{isa}"
             );
-            assert_eq!(z1, z2);
+            assert_eq!(z1, z2, "{isa}");
         }
     }
 
@@ -350,10 +320,28 @@ mod tests {
                 x[13 + col] = bad;
                 both(&x, 2, 13);
                 let (mut q, mut s, mut z) = (vec![0u8; 26], vec![0f32; 2], vec![0u8; 2]);
-                for kernel in kernels() {
-                    let e = quantize_with(kernel, &x, 2, 13, &mut q, &mut s, &mut z).unwrap_err();
+                for isa in Isa::available() {
+                    let e = quantize_rows(isa, &x, 2, 13, &mut q, &mut s, &mut z).unwrap_err();
                     assert!(matches!(e, QuantError::NonFinite { row: 1, col: c, .. } if c == col));
                 }
+            }
+        }
+    }
+
+    /// Every kernel this CPU runs reproduces the golden activation vectors.
+    #[test]
+    fn golden_activations_at_every_level() {
+        use crate::quant::golden::{cases, to_bits};
+        for c in cases("activations") {
+            for isa in Isa::available() {
+                let (mut q, mut s, mut z) =
+                    (vec![7u8; c.x.len()], vec![0f32; c.rows], vec![9u8; c.rows]);
+                quantize_rows(isa, &c.x, c.rows, c.cols, &mut q, &mut s, &mut z).unwrap();
+                let codes: Vec<i64> = q.iter().map(|&v| i64::from(v)).collect();
+                assert_eq!(codes, c.codes, "{isa} {}", c.name);
+                assert_eq!(to_bits(&s), to_bits(&c.scales), "{isa} {}", c.name);
+                let zps: Vec<i64> = z.iter().map(|&v| i64::from(v)).collect();
+                assert_eq!(Some(zps), c.zero_points, "{isa} {}", c.name);
             }
         }
     }

@@ -15,13 +15,30 @@
 //! so the layer loop allocates nothing, and a runtime that keeps its workspaces (the runtime pools
 //! them) allocates nothing in the steady state once it has seen its largest chunk.
 
-use super::linear::QuantScratch;
 use super::ModelWeights;
 
 /// Grows `v` with default values to at least `n` elements; never shrinks it.
 pub(crate) fn fit<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
         v.resize(n, T::default());
+    }
+}
+
+/// Per-call buffers for the quantized activations of an int8 linear's input: `q` holds
+/// `rows * k` bytes, `scales` and `zero_points` one entry per row.
+#[derive(Debug, Default)]
+pub struct QuantScratch {
+    pub q: Vec<u8>,
+    pub scales: Vec<f32>,
+    pub zero_points: Vec<u8>,
+}
+
+impl QuantScratch {
+    /// Grows the buffers (never shrinks them) to hold `rows` rows of up to `k` features.
+    pub fn reserve(&mut self, rows: usize, k: usize) {
+        fit(&mut self.q, rows * k);
+        fit(&mut self.scales, rows);
+        fit(&mut self.zero_points, rows);
     }
 }
 

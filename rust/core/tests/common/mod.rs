@@ -1,375 +1,32 @@
-//! Test helpers: tiny bundles built in the test (random weights from a deterministic generator, a
-//! hand-made WordPiece tokenizer.json, a safetensors writer of our own so that tests can also write
-//! broken files), and a literal, padded forward pass of docs/bundle.md to check the runtime against.
+//! Helpers of the core's integration tests beyond `tinyfast_core::testing` (which writes the tiny
+//! bundles): a literal, padded forward pass of docs/bundle.md to check the runtime against, and
+//! sample texts.
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use serde_json::{json, Value};
 use tinyfast_core::quant::{quantize_activations, quantize_weights};
+pub use tinyfast_core::testing::*;
 
-/// splitmix64.
-pub struct Rng(u64);
+/// The reference forward pass of a test [`Model`].
+pub trait Reference {
+    /// For each row (ids, token types): the logits of every exit branch (by layer) and of the head.
+    fn reference(&self, rows: &[(Vec<u32>, Vec<u32>)], int8: bool) -> Vec<RowLogits>;
+}
 
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Roughly standard normal.
-    pub fn normal(&mut self) -> f32 {
-        let s: f32 = (0..4).map(|_| self.unit()).sum();
-        (s - 2.0) * 3.0f32.sqrt()
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+impl Reference for Model {
+    fn reference(&self, rows: &[(Vec<u32>, Vec<u32>)], int8: bool) -> Vec<RowLogits> {
+        Forward(self).reference(rows, int8)
     }
 }
 
-/// A directory removed when dropped.
-pub struct TempDir(pub PathBuf);
+/// The literal forward pass of docs/bundle.md, padded and masked.
+struct Forward<'a>(&'a Model);
 
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tinyfast-test-{}-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Data {
-    F32(Vec<f32>),
-    I8(Vec<i8>),
-}
-
-#[derive(Clone, Debug)]
-pub struct Tensor {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub data: Data,
-}
-
-/// Writes a safetensors file holding `tensors` in this order.
-pub fn write_safetensors(path: &Path, tensors: &[Tensor]) {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for t in tensors {
-        let start = data.len();
-        let dtype = match &t.data {
-            Data::F32(v) => {
-                for x in v {
-                    data.extend_from_slice(&x.to_le_bytes());
-                }
-                "F32"
-            }
-            Data::I8(v) => {
-                data.extend(v.iter().map(|&x| x as u8));
-                "I8"
-            }
-        };
-        header.insert(
-            t.name.clone(),
-            json!({"dtype": dtype, "shape": t.shape, "data_offsets": [start, data.len()]}),
-        );
-    }
-    let mut h = Value::Object(header).to_string().into_bytes();
-    while !h.len().is_multiple_of(8) {
-        h.push(b' ');
-    }
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&h);
-    out.extend_from_slice(&data);
-    std::fs::write(path, out).unwrap();
-}
-
-pub const VOCAB: &[&str] = &[
-    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "movie", "film", "good", "bad",
-    "great", "terrible", "is", "was", "not", "very", "and", "but", "i", "it", "this", "that",
-    "love", "hate", "fun", "boring", "plot", "actors", "##s", "##ing", "##ed", "##ly", ",", ".",
-    "!", "?", "x", "y", "z",
-];
-
-/// A BERT-style WordPiece tokenizer.json over [`VOCAB`].
-pub fn tokenizer_json() -> String {
-    let special = |id: usize, content: &str| {
-        json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-               "rstrip": false, "normalized": false, "special": true})
-    };
-    let vocab: serde_json::Map<String, Value> = VOCAB
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.to_string(), json!(i)))
-        .collect();
-    json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": [special(0, "[PAD]"), special(1, "[UNK]"), special(2, "[CLS]"),
-                         special(3, "[SEP]"), special(4, "[MASK]")],
-        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
-                       "strip_accents": null, "lowercase": true},
-        "pre_tokenizer": {"type": "BertPreTokenizer"},
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
-                       {"Sequence": {"id": "A", "type_id": 0}},
-                       {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
-                     {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}},
-                     {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
-            "special_tokens": {
-                "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
-                "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}
-            }
-        },
-        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
-        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
-                  "max_input_chars_per_word": 100, "vocab": vocab}
-    })
-    .to_string()
-}
-
-/// The shape of a test model.
-#[derive(Clone, Debug)]
-pub struct Spec {
-    pub seed: u64,
-    pub vocab: usize,
-    pub hidden: usize,
-    pub heads: usize,
-    pub intermediate: usize,
-    pub layers: usize,
-    pub positions: usize,
-    pub types: usize,
-    pub labels: usize,
-    pub regression: bool,
-    pub max_length: usize,
-    pub exits: Vec<(usize, &'static str)>,
-    pub branch: (usize, usize),
-    pub act: &'static str,
-}
-
-impl Default for Spec {
-    fn default() -> Self {
-        Spec {
-            seed: 1,
-            vocab: 48,
-            hidden: 16,
-            heads: 2,
-            intermediate: 40,
-            layers: 4,
-            positions: 40,
-            types: 2,
-            labels: 3,
-            regression: false,
-            max_length: 24,
-            exits: vec![(1, "fastbert"), (2, "linear"), (3, "fastbert")],
-            branch: (8, 2),
-            act: "gelu",
-        }
-    }
-}
-
-/// A model with f32 weights (the int8 bundle is derived from them).
-#[derive(Clone, Debug)]
-pub struct Model {
-    pub spec: Spec,
-    /// Every f32 tensor, encoder linears included, by docs/bundle.md name.
-    pub f32: Vec<Tensor>,
-}
-
-impl Model {
-    pub fn new(spec: Spec) -> Self {
-        let mut rng = Rng::new(spec.seed);
-        let s = &spec;
-        let (h, f, w) = (s.hidden, s.intermediate, s.branch.0);
-        let c = if s.regression { 1 } else { s.labels };
-        let mut t = Vec::new();
-        let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
-            let n: usize = shape.iter().product();
-            let v = (0..n).map(|_| offset + scale * rng.normal()).collect();
-            t.push(Tensor {
-                name,
-                shape,
-                data: Data::F32(v),
-            });
-        };
-        add("embeddings.word".into(), vec![s.vocab, h], 1.0, 0.0);
-        add("embeddings.position".into(), vec![s.positions, h], 0.5, 0.0);
-        add("embeddings.token_type".into(), vec![s.types, h], 0.5, 0.0);
-        add("embeddings.norm.weight".into(), vec![h], 0.1, 1.0);
-        add("embeddings.norm.bias".into(), vec![h], 0.1, 0.0);
-        let ws = 1.0 / (h as f32).sqrt();
-        for l in 0..s.layers {
-            let p = format!("layers.{l}");
-            add(format!("{p}.qkv.weight"), vec![3 * h, h], 2.0 * ws, 0.0);
-            add(format!("{p}.qkv.bias"), vec![3 * h], 0.1, 0.0);
-            add(format!("{p}.attn_out.weight"), vec![h, h], ws, 0.0);
-            add(format!("{p}.attn_out.bias"), vec![h], 0.1, 0.0);
-            add(format!("{p}.attn_norm.weight"), vec![h], 0.1, 1.0);
-            add(format!("{p}.attn_norm.bias"), vec![h], 0.1, 0.0);
-            add(format!("{p}.ffn_in.weight"), vec![f, h], ws, 0.0);
-            add(format!("{p}.ffn_in.bias"), vec![f], 0.1, 0.0);
-            add(
-                format!("{p}.ffn_out.weight"),
-                vec![h, f],
-                1.0 / (f as f32).sqrt(),
-                0.0,
-            );
-            add(format!("{p}.ffn_out.bias"), vec![h], 0.1, 0.0);
-            add(format!("{p}.ffn_norm.weight"), vec![h], 0.1, 1.0);
-            add(format!("{p}.ffn_norm.bias"), vec![h], 0.1, 0.0);
-        }
-        add("head.pooler.weight".into(), vec![h, h], ws, 0.0);
-        add("head.pooler.bias".into(), vec![h], 0.1, 0.0);
-        add("head.classifier.weight".into(), vec![c, h], 1.0, 0.0);
-        add("head.classifier.bias".into(), vec![c], 0.1, 0.0);
-        for &(layer, kind) in &s.exits {
-            let p = format!("exits.{layer}");
-            if kind == "linear" {
-                add(format!("{p}.classifier.weight"), vec![c, h], 0.5, 0.0);
-                add(format!("{p}.classifier.bias"), vec![c], 0.1, 0.0);
-            } else {
-                let ww = 1.0 / (w as f32).sqrt();
-                add(format!("{p}.dense_in.weight"), vec![w, h], ws, 0.0);
-                add(format!("{p}.dense_in.bias"), vec![w], 0.1, 0.0);
-                for lin in ["query", "key", "value", "attn_out", "dense"] {
-                    add(format!("{p}.{lin}.weight"), vec![w, w], 2.0 * ww, 0.0);
-                    add(format!("{p}.{lin}.bias"), vec![w], 0.1, 0.0);
-                }
-                add(format!("{p}.classifier.weight"), vec![c, w], 1.5, 0.0);
-                add(format!("{p}.classifier.bias"), vec![c], 0.1, 0.0);
-            }
-        }
-        Model { spec, f32: t }
-    }
-
-    pub fn get(&self, name: &str) -> &[f32] {
-        match &self.f32.iter().find(|t| t.name == name).unwrap().data {
-            Data::F32(v) => v,
-            Data::I8(_) => unreachable!(),
-        }
-    }
-
-    pub fn set(&mut self, name: &str, values: Vec<f32>) {
-        let t = self.f32.iter_mut().find(|t| t.name == name).unwrap();
-        assert_eq!(values.len(), t.shape.iter().product::<usize>());
-        t.data = Data::F32(values);
-    }
-
-    fn is_encoder_linear_weight(name: &str) -> bool {
-        name.starts_with("layers.") && name.ends_with(".weight") && !name.contains("norm")
-    }
-
-    /// The tensors of the bundle: f32 as is, or int8 (encoder linears quantized per channel).
-    pub fn tensors(&self, int8: bool) -> Vec<Tensor> {
-        let mut out = Vec::new();
-        for t in &self.f32 {
-            if int8 && Self::is_encoder_linear_weight(&t.name) {
-                let Data::F32(v) = &t.data else {
-                    unreachable!()
-                };
-                let q = quantize_weights(v, t.shape[0], t.shape[1]).unwrap();
-                out.push(Tensor {
-                    name: t.name.clone(),
-                    shape: t.shape.clone(),
-                    data: Data::I8(q.data().to_vec()),
-                });
-                out.push(Tensor {
-                    name: t.name.replace(".weight", ".scale"),
-                    shape: vec![t.shape[0]],
-                    data: Data::F32(q.scales().to_vec()),
-                });
-            } else {
-                out.push(t.clone());
-            }
-        }
-        out
-    }
-
-    pub fn config(&self, int8: bool) -> Value {
-        let s = &self.spec;
-        let labels: Vec<String> = if s.regression {
-            vec![]
-        } else {
-            (0..s.labels).map(|i| format!("label{i}")).collect()
-        };
-        let exits: Vec<Value> = s
-            .exits
-            .iter()
-            .map(|&(layer, kind)| json!({"layer": layer, "kind": kind}))
-            .collect();
-        json!({
-            "format": "tinyfast-bundle",
-            "format_version": 1,
-            "architecture": {
-                "type": "bert", "vocab_size": s.vocab, "hidden_size": s.hidden,
-                "num_layers": s.layers, "num_heads": s.heads, "intermediate_size": s.intermediate,
-                "max_position_embeddings": s.positions, "type_vocab_size": s.types,
-                "layer_norm_eps": 1e-12, "hidden_act": s.act
-            },
-            "task": if s.regression { "regression" } else { "classification" },
-            "labels": labels,
-            "max_length": s.max_length,
-            "quantization": if int8 { "int8" } else { "none" },
-            "exits": exits,
-            "branch": {"width": s.branch.0, "heads": s.branch.1},
-            "source": {"model": "test", "tinyfast_version": "0.1.0"}
-        })
-    }
-
-    /// Writes the bundle into a new temporary directory.
-    pub fn write(&self, int8: bool) -> TempDir {
-        let dir = TempDir::new(if int8 { "int8" } else { "f32" });
-        self.write_to(dir.path(), int8);
-        dir
-    }
-
-    pub fn write_to(&self, dir: &Path, int8: bool) {
-        std::fs::write(dir.join("tinyfast.json"), self.config(int8).to_string()).unwrap();
-        write_safetensors(&dir.join("model.safetensors"), &self.tensors(int8));
-        std::fs::write(dir.join("tokenizer.json"), tokenizer_json()).unwrap();
-    }
-
-    // ---- The literal forward pass of docs/bundle.md, padded and masked, for reference. ----
-
+impl Forward<'_> {
     /// `y = x W^T + b` for `rows` rows, f32 or int8 (per-token quantization, as the doc says).
     fn linear(&self, prefix: &str, x: &[f32], rows: usize, int8: bool) -> Vec<f32> {
-        let w = self.get(&format!("{prefix}.weight"));
-        let b = self.get(&format!("{prefix}.bias"));
+        let w = self.0.get(&format!("{prefix}.weight"));
+        let b = self.0.get(&format!("{prefix}.bias"));
         let (n, k) = (b.len(), x.len() / rows);
         let mut y = vec![0f32; rows * n];
         let quantized = int8 && prefix.starts_with("layers.");
@@ -405,8 +62,8 @@ impl Model {
 
     fn layer_norm(&self, prefix: &str, x: &mut [f32]) {
         let (w, b) = (
-            self.get(&format!("{prefix}.weight")),
-            self.get(&format!("{prefix}.bias")),
+            self.0.get(&format!("{prefix}.weight")),
+            self.0.get(&format!("{prefix}.bias")),
         );
         let h = w.len();
         for row in x.chunks_exact_mut(h) {
@@ -465,15 +122,15 @@ impl Model {
 
     /// For each row: the logits of every exit branch (by layer) and of the head.
     pub fn reference(&self, rows: &[(Vec<u32>, Vec<u32>)], int8: bool) -> Vec<RowLogits> {
-        let s = &self.spec;
+        let s = &self.0.spec;
         let (h, bsz) = (s.hidden, rows.len());
         let lens: Vec<usize> = rows.iter().map(|r| r.0.len()).collect();
         let l = *lens.iter().max().unwrap();
         let n = bsz * l;
         let (word, pos, ty) = (
-            self.get("embeddings.word"),
-            self.get("embeddings.position"),
-            self.get("embeddings.token_type"),
+            self.0.get("embeddings.word"),
+            self.0.get("embeddings.position"),
+            self.0.get("embeddings.token_type"),
         );
         let mut x = vec![0f32; n * h];
         for (b, (ids, types)) in rows.iter().enumerate() {
@@ -587,11 +244,11 @@ pub fn texts() -> Vec<String> {
         "hate".into(),
         "a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a".into(),
     ];
-    let mut rng = Rng::new(99);
+    let mut rng = SplitMix64::new(99);
     for _ in 0..12 {
-        let n = 1 + rng.below(20);
+        let n = 1 + rng.index(20);
         let words: Vec<&str> = (0..n)
-            .map(|_| VOCAB[5 + rng.below(VOCAB.len() - 5)])
+            .map(|_| VOCAB[5 + rng.index(VOCAB.len() - 5)])
             .collect();
         out.push(words.join(" "));
     }
