@@ -3,10 +3,10 @@
 //!
 //! Each of the three must be a regular file (a symbolic link to one is fine): a character device
 //! reports a size of 0 and never ends (`/dev/zero`), and opening a FIFO blocks until a writer
-//! comes, so [`open_regular`] checks the type before opening, opens without blocking, and checks
+//! comes, so [`crate::files::open_regular`] checks the type before opening, opens without blocking, and checks
 //! the type again on the opened handle. The JSON files are read whole, at most [`MAX_CONFIG_BYTES`]
-//! and [`MAX_TOKENIZER_BYTES`] ([`read_limited`] stops one byte past the limit, whatever size the
-//! file reports).
+//! and [`crate::tokenize::MAX_TOKENIZER_BYTES`] ([`crate::files::read_limited`] stops one byte past
+//! the limit, whatever size the file reports).
 //!
 //! `model.safetensors` is read in bounded steps, so that a hostile file cannot make the loader
 //! allocate more than the file's real size:
@@ -20,7 +20,6 @@
 //! 5. the int8 weights are packed for the GEMM kernels, the f32 ones into panels.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +27,7 @@ use safetensors::tensor::{Dtype, Metadata};
 
 use crate::config::{BundleConfig, ExitKind, Quantization, Task, MAX_CONFIG_BYTES};
 use crate::error::{Error, Result};
+use crate::files::{open_regular, read_utf8};
 use crate::gemm::PackedWeights;
 use crate::model::{
     Branch, Dims, Embeddings, EncoderLayer, Exit, F32Linear, FastBertBranch, Head, Int8Linear,
@@ -43,10 +43,6 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// Largest safetensors header accepted (a 48-layer bundle's header is about 100 KiB).
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
-
-/// Largest `tokenizer.json` read: a BERT WordPiece one is under 1 MiB, the largest multilingual
-/// vocabularies (250k tokens with merges) about 35 MiB.
-pub const MAX_TOKENIZER_BYTES: u64 = 128 << 20;
 
 /// A loaded, validated bundle.
 #[derive(Debug)]
@@ -82,104 +78,6 @@ impl Bundle {
             tokenizer,
         })
     }
-}
-
-/// What a file that is not a regular one is, for messages ("a FIFO", "a directory", ...).
-fn file_kind(t: std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            return "a FIFO";
-        }
-        if t.is_char_device() {
-            return "a character device";
-        }
-        if t.is_block_device() {
-            return "a block device";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-    }
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_file() {
-        "a regular file"
-    } else {
-        "a special file"
-    }
-}
-
-fn not_regular(path: &Path, t: std::fs::FileType) -> Error {
-    Error::bundle(path, format!("not a regular file ({})", file_kind(t)))
-}
-
-/// Opens `path` for reading if it is a regular file, after following symbolic links.
-///
-/// The type is checked before opening (opening a FIFO would wait for a writer), the file is opened
-/// non-blocking (a FIFO swapped in after the check does not block either; the flag changes nothing
-/// for a regular file), and the type is checked again on the handle, which is what is read.
-pub fn open_regular(path: &Path) -> Result<File> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(not_regular(path, meta.file_type()));
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = options.open(path).map_err(|e| Error::io(path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(not_regular(path, meta.file_type()));
-    }
-    Ok(file)
-}
-
-/// Reads the regular file `path` whole, if it holds at most `limit` bytes; `what` names the file
-/// in the error ("a tokenizer.json"). At most `limit + 1` bytes are ever read, so a file that
-/// grows while it is read, or reports a wrong size, cannot make this allocate more.
-pub fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
-    let file = open_regular(path)?;
-    let too_big = |size: String| {
-        Error::bundle(
-            path,
-            format!("file is {size} bytes; {what} may have at most {limit}"),
-        )
-    };
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len > limit {
-        return Err(too_big(len.to_string()));
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > limit {
-        // The file grew after its size was checked.
-        return Err(too_big(format!("more than {limit}")));
-    }
-    Ok(bytes)
-}
-
-/// [`read_limited`], as UTF-8 text.
-pub fn read_utf8(path: &Path, limit: u64, what: &str) -> Result<String> {
-    let bytes = read_limited(path, limit, what)?;
-    String::from_utf8(bytes).map_err(|e| {
-        Error::bundle(
-            path,
-            format!(
-                "not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })
 }
 
 /// One tensor the bundle must hold.

@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod config;
 pub mod cpu;
 pub mod error;
+pub mod files;
 pub mod gemm;
 pub mod model;
 pub mod quant;

@@ -22,10 +22,14 @@ use tokenizers::{
     PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
-use crate::bundle::{read_limited, MAX_TOKENIZER_BYTES};
 use crate::config::BundleConfig;
 use crate::error::{Error, Result};
+use crate::files::read_limited;
 use crate::wordpiece::FastWordPiece;
+
+/// Largest `tokenizer.json` read: a BERT WordPiece one is under 1 MiB, the largest multilingual
+/// vocabularies (250k tokens with merges) about 35 MiB.
+pub const MAX_TOKENIZER_BYTES: u64 = 128 << 20;
 
 /// One input of a prediction: a text or a pair of texts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

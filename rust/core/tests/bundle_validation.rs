@@ -435,8 +435,8 @@ fn special_files_are_rejected_without_reading() {
 /// cost nothing to write).
 #[test]
 fn oversized_json_files_are_rejected() {
-    use tinyfast_core::bundle::MAX_TOKENIZER_BYTES;
     use tinyfast_core::config::MAX_CONFIG_BYTES;
+    use tinyfast_core::tokenize::MAX_TOKENIZER_BYTES;
 
     for (file, limit, what) in [
         ("tinyfast.json", MAX_CONFIG_BYTES, "a bundle config"),
