@@ -38,6 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("tinyfast: interrupted (rerun with --resume to continue from the last checkpoint)",
               file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun a trainer joined a process group; leave it before the process exits."""
+    distributed = sys.modules.get("tinyfast.train.distributed")
+    if distributed is not None:
+        distributed.teardown()
 
 
 def _quiet_transformers() -> None:
