@@ -39,11 +39,11 @@ def run_script(tmp_path: Path, code: str, *args: str) -> dict:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(code))
     proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, process_group=0)
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
-        # The whole session: forked children that hang would outlive their parent.
+        # The whole process group: forked children that hang would outlive their parent.
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         pytest.fail(f"the script did not finish within {TIMEOUT} s (a forked child hung?)\n{err}")
