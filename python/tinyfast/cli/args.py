@@ -36,32 +36,28 @@ def finite_float(text: str) -> float:
     return _number(text, float)
 
 
-def positive_float(text: str) -> float:
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
+def _at_least(text: str, kind: type, low: float, strict: bool) -> float | int:
+    value = _number(text, kind)
+    if value < low or (strict and value == low):
+        raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g} "
+                                         f"(got {text})")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _at_least(text, float, 0, strict=True)
 
 
 def nonnegative_float(text: str) -> float:
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (got {text})")
-    return value
+    return _at_least(text, float, 0, strict=False)
 
 
 def positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
-    return value
+    return _at_least(text, int, 1, strict=False)
 
 
 def nonnegative_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (got {value})")
-    return value
+    return _at_least(text, int, 0, strict=False)
 
 
 def seed(text: str) -> int:

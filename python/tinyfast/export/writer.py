@@ -243,16 +243,10 @@ def _tokenizer_json(path: Path, vocab_size: int) -> str:
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start})") from None
     else:
-        from transformers import AutoTokenizer
+        from tinyfast.models import load_tokenizer
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
-                                                      trust_remote_code=False)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: no usable tokenizer files: {exc}") from None
-        if not getattr(tokenizer, "is_fast", False):
-            raise ConfigError(f"{path}: the tokenizer cannot be converted to tokenizer.json")
-        text = tokenizer.backend_tokenizer.to_str()
+        # transformers converts a slow tokenizer's files to a fast one (or says it cannot).
+        text = load_tokenizer(path).backend_tokenizer.to_str()
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -11,7 +11,8 @@ use tinyfast_core::config::Quantization;
 use tinyfast_core::{Input, Runtime, TokenBatch};
 
 use crate::args::{self, Flag};
-use crate::shared::{self, CliError, Rng};
+use crate::shared::{self, CliError};
+use tinyfast_core::rng::SplitMix64;
 
 pub const HELP: &str = "usage: tinyfast-rt bench BUNDLE [options]
 
@@ -98,7 +99,7 @@ pub fn run(argv: &[String]) -> Result<(), CliError> {
     let (cls, sep) = special_ids(&rt)?;
     let vocab = rt.config().architecture.vocab_size as u64;
 
-    let mut rng = Rng::new(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut ids = vec![0u32; tokens];
     let lengths = vec![seq_len; batch_size];
     let num_layers = rt.config().architecture.num_layers;
@@ -241,7 +242,7 @@ fn special_ids(rt: &Runtime) -> Result<(u32, u32), CliError> {
 }
 
 /// A random id below `vocab`, avoiding the special ids when the vocabulary has other ids.
-fn random_id(rng: &mut Rng, vocab: u64, cls: u32, sep: u32) -> u32 {
+fn random_id(rng: &mut SplitMix64, vocab: u64, cls: u32, sep: u32) -> u32 {
     loop {
         let id = rng.below(vocab) as u32;
         if vocab <= 3 || (id != cls && id != sep) {

@@ -17,7 +17,8 @@ use tinyfast_core::model::quantize::quantize_rows;
 use tinyfast_core::quant::QuantizedMatrix;
 
 use crate::args::{self, Flag};
-use crate::shared::{self, CliError, Rng};
+use crate::shared::{self, CliError};
+use tinyfast_core::rng::SplitMix64;
 
 pub const HELP: &str = "usage: tinyfast-rt gemm-bench [options]
 
@@ -190,7 +191,7 @@ pub fn run(argv: &[String]) -> Result<(), CliError> {
         None => None,
     };
 
-    let mut rng = Rng::new(0x6765_6d6d);
+    let mut rng = SplitMix64::new(0x6765_6d6d);
     let mut rows = Vec::new();
     for shape in &shapes {
         let (m, k, n) = (shape.m, shape.k, shape.n);

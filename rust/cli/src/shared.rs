@@ -102,33 +102,6 @@ pub fn load_runtime(
         .map_err(|e| CliError::Failure(format!("cannot load the bundle '{dir}': {e}")))
 }
 
-/// splitmix64: a small, fast, deterministic generator for synthetic inputs.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n >= 1`; the modulo bias is irrelevant here).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// Uniform in `[-1, 1)`.
-    pub fn signed_unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
-
 /// The `p`-th percentile (nearest rank) of ascending `sorted`; 0 when empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -175,16 +148,5 @@ mod tests {
             Some(KernelKind::Portable)
         );
         assert_eq!(kernel(None).unwrap(), None);
-    }
-
-    #[test]
-    fn rng_ranges() {
-        let mut r = Rng::new(1);
-        for _ in 0..1000 {
-            assert!(r.below(7) < 7);
-            let u = r.signed_unit();
-            assert!((-1.0..1.0).contains(&u));
-        }
-        assert_eq!(r.below(0), 0);
     }
 }

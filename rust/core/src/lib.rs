@@ -15,6 +15,7 @@ pub mod files;
 pub mod gemm;
 pub mod model;
 pub mod quant;
+pub mod rng;
 pub mod runtime;
 /// Helpers for tests (the `testing` feature): see the module docs.
 #[cfg(any(test, feature = "testing"))]

@@ -201,7 +201,7 @@ fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::SplitMix64;
+    use crate::testing::{bert_post_processor, SplitMix64};
     use serde_json::json;
     use std::str::FromStr;
 
@@ -236,22 +236,6 @@ mod tests {
             "model": {"type": "WordPiece", "unk_token": "[UNK]",
                       "continuing_subword_prefix": "##", "max_input_chars_per_word": 6,
                       "vocab": vocab}
-        })
-    }
-
-    fn template() -> Value {
-        json!({
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
-                       {"Sequence": {"id": "A", "type_id": 0}},
-                       {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
-                     {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}},
-                     {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
-            "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
-                               "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}
         })
     }
 
@@ -316,8 +300,8 @@ mod tests {
     #[test]
     fn equals_the_tokenizers_pipeline_on_ascii_texts() {
         for (lowercase, processor) in [
-            (true, template()),
-            (false, template()),
+            (true, bert_post_processor()),
+            (false, bert_post_processor()),
             (true, bert_processing()),
         ] {
             let json = tokenizer_json(lowercase, processor).to_string();
@@ -355,7 +339,7 @@ mod tests {
 
     #[test]
     fn other_pipelines_have_no_fast_path() {
-        let json = tokenizer_json(true, template());
+        let json = tokenizer_json(true, bert_post_processor());
         assert!(FastWordPiece::from_json(&json.to_string()).is_some());
         for (at, value) in [
             ("/normalizer/clean_text", json!(false)),
