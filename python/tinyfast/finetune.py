@@ -31,6 +31,8 @@ class ClassifierStep(nn.Module):
     """Cross-entropy (or MSE for regression) against the gold labels; what finetune trains and
     the no-distillation baseline uses."""
 
+    uses_every_parameter = True  # the whole classifier, head included
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model

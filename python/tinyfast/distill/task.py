@@ -49,6 +49,8 @@ __all__ = [
 class PredictionStep(nn.Module):
     """Soft cross-entropy with temperature (MSE for regression) against the teacher's outputs."""
 
+    uses_every_parameter = True  # the student's whole classifier, head included
+
     def __init__(self, student: nn.Module, teacher: nn.Module, task: str,
                  temperature: float = 1.0, scale_by_t2: bool = False) -> None:
         super().__init__()

@@ -1,10 +1,11 @@
 """The one training loop every trainer shares (finetune, distill general, distill task, ...).
 
 A trainer hands over a module whose ``forward(batch)`` returns ``(loss, logs)`` and holds every
-parameter to train (a student, its projections), plus a dataset and the config. The loop owns the
-rest: AdamW with warmup and linear decay, gradient clipping and accumulation, AMP on CUDA, DDP under
-torchrun, a progress bar, periodic evaluation, and atomic checkpoints that ``resume`` continues from
-to the same result as an uninterrupted run.
+parameter to train (a student, its projections), plus a dataset and the config; a module whose
+forward uses every one of its parameters may say so with ``uses_every_parameter = True``. The
+loop owns the rest: AdamW with warmup and linear decay, gradient clipping and accumulation, AMP on
+CUDA, DDP under torchrun, a progress bar, periodic evaluation, and atomic checkpoints that
+``resume`` continues from to the same result as an uninterrupted run.
 
 Exact resume rests on two rules: the data order is a pure function of (seed, epoch) (see
 ``BucketBatchSampler``), and the torch RNG is reseeded from (seed, rank, step) before every
@@ -175,7 +176,9 @@ def run(
     if ctx.is_distributed:
         train_module = DistributedDataParallel(
             module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=True,
+            # DDP must look for parameters a step leaves out (a student's classifier head in
+            # the intermediate step); a step that uses every one says so and saves that search.
+            find_unused_parameters=not getattr(module, "uses_every_parameter", False),
         )
     module.train()
 
