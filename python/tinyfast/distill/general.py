@@ -156,6 +156,7 @@ def distill_general(
         "seconds": result.seconds,
         "config": asdict(config),
         "options": options_dict(options),
+        "world_size": ctx.world_size,
         "max_length": max_length,
     }
     write_summary(ctx, out, summary)

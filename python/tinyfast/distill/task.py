@@ -183,6 +183,7 @@ def distill_task(
         "seconds": sum(s["seconds"] for s in stages.values()),
         "config": asdict(base),
         "options": options_dict(options),
+        "world_size": ctx.world_size,
     }
     write_summary(ctx, out, summary)
     return summary
