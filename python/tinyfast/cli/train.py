@@ -136,6 +136,9 @@ def _add_intermediate(p: argparse.ArgumentParser) -> None:
                         "official code)")
     p.add_argument("--no-attention-loss", action="store_true",
                    help="drop the attention loss (needed when head counts differ)")
+    p.add_argument("--no-fused-kernels", action="store_true",
+                   help="compute the losses with plain torch even where the fused Triton ops "
+                        "would run (CUDA); the losses are the same")
 
 
 def _add_training(p: argparse.ArgumentParser, *, epochs, lr, batch_size, warmup) -> None:
@@ -210,7 +213,8 @@ def _intermediate_options(args: argparse.Namespace):
 
     return IntermediateOptions(layer_map=args.layer_map,
                                shared_projection=not args.per_layer_projection,
-                               use_attention=not args.no_attention_loss)
+                               use_attention=not args.no_attention_loss,
+                               fused_kernels=not args.no_fused_kernels)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

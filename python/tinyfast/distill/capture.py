@@ -16,7 +16,21 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from tinyfast.errors import ConfigError
 
-__all__ = ["Internals", "forward_internals"]
+__all__ = ["AttentionQK", "Internals", "forward_internals"]
+
+
+@dataclass
+class AttentionQK:
+    """One layer's attention inputs, per head: ``q``, ``k`` [B, H, L, d] and the score scale, so
+    that a fused loss can compare scores ``q k^T * scale`` tile by tile without storing them."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    scale: float
+
+    def scores(self) -> torch.Tensor:
+        # Same order as HF's eager attention (matmul, then scale) so the numbers agree exactly.
+        return torch.matmul(self.q, self.k.transpose(-1, -2)) * self.scale
 
 
 @dataclass
@@ -25,12 +39,14 @@ class Internals:
 
     ``hidden_states[0]`` is the embedding output and ``hidden_states[i]`` the output of layer i (as
     Hugging Face's ``output_hidden_states``); ``attention_scores[i - 1]`` holds layer i's
-    pre-softmax scores [B, H, L, L]; ``logits`` is the classifier output.
+    pre-softmax scores [B, H, L, L], or ``attention_qk[i - 1]`` the queries and keys they come
+    from (for the fused attention loss); ``logits`` is the classifier output.
     """
 
     hidden_states: Sequence[torch.Tensor]
     attention_scores: Sequence[torch.Tensor] | None = None
     logits: torch.Tensor | None = None
+    attention_qk: Sequence[AttentionQK] | None = None
 
 # --------------------------------------------------------------------------------------------
 # Internals for the distillation losses
@@ -100,14 +116,13 @@ def _capture_qk(model: nn.Module) -> Iterator[list[_QKRecord]]:
             handle.remove()
 
 
-def _scores(q: torch.Tensor, k: torch.Tensor, heads: int, scaling: float | None) -> torch.Tensor:
+def _per_head(q: torch.Tensor, k: torch.Tensor, heads: int, scaling: float | None
+              ) -> AttentionQK:
     batch, length, width = q.shape
     d_head = width // heads
     q = q.view(batch, length, heads, d_head).transpose(1, 2)
     k = k.view(batch, k.shape[1], heads, d_head).transpose(1, 2)
-    scale = scaling if scaling is not None else d_head**-0.5
-    # Same order as HF's eager attention (matmul, then scale) so the numbers agree exactly.
-    return torch.matmul(q, k.transpose(-1, -2)) * scale
+    return AttentionQK(q, k, scaling if scaling is not None else d_head**-0.5)
 
 
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -119,26 +134,31 @@ def forward_internals(
     *,
     want_attention: bool,
     want_logits: bool = True,
+    scores: bool = True,
 ) -> Internals:
     """Hidden states (embeddings first), raw attention scores and logits of one forward pass.
 
     Scores are ``q k^T / sqrt(d_head)`` per layer, shape [B, H, L, L], with no mask added; they
-    come from hooks on the query/key projections so any attention implementation works.
+    come from hooks on the query/key projections so any attention implementation works. With
+    ``scores=False`` the per-head queries and keys are returned instead (``attention_qk``).
     """
     accepted = inspect.signature(model.forward).parameters
     inputs = {k: batch[k] for k in _INPUT_KEYS if k in batch and k in accepted}
     capture = _capture_qk(model) if want_attention else contextlib.nullcontext(None)
     with capture as records:
         out = model(**inputs, output_hidden_states=True, return_dict=True)
-    scores = None
+    qk = None
     if records is not None:
-        scores = []
+        qk = []
         for record in records:
             if len(record.q) != 1 or len(record.k) != 1:
                 raise RuntimeError("expected one query and one key projection per layer and pass")
             heads = _num_heads(record.module, model.config)
             scaling = getattr(record.module, "scaling", None)
-            scores.append(_scores(record.q[0], record.k[0], heads, scaling))
+            qk.append(_per_head(record.q[0], record.k[0], heads, scaling))
     logits = getattr(out, "logits", None) if want_logits else None
-    return Internals(hidden_states=list(out.hidden_states), attention_scores=scores, logits=logits)
+    hidden = list(out.hidden_states)
+    if qk is not None and scores:
+        return Internals(hidden, attention_scores=[a.scores() for a in qk], logits=logits)
+    return Internals(hidden, logits=logits, attention_qk=qk)
 

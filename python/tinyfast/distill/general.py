@@ -22,6 +22,7 @@ from tinyfast.distill.intermediate import (
     make_intermediate_step,
     options_dict,
     save_projection,
+    uses_fused_kernels,
 )
 from tinyfast.errors import ConfigError
 from tinyfast.models import (
@@ -157,6 +158,8 @@ def distill_general(
         "config": asdict(config),
         "options": options_dict(options),
         "world_size": ctx.world_size,
+        # Whether the losses ran through the fused ops (the student is on the training device).
+        "fused_kernels": uses_fused_kernels(options.fused_kernels, student_model),
         "max_length": max_length,
     }
     write_summary(ctx, out, summary)

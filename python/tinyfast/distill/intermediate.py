@@ -23,6 +23,7 @@ from tinyfast.distill.losses import (
     uniform_layer_map,
 )
 from tinyfast.errors import ConfigError
+from tinyfast.kernels._triton import launches_triton
 from tinyfast.models import check_heads
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "model_inputs",
     "options_dict",
     "save_projection",
+    "uses_fused_kernels",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ class IntermediateOptions:
     shared_projection: bool = True  # one width map for all layers (official code) or one per layer
     use_attention: bool = True
     weights: LossWeights = field(default_factory=LossWeights)
+    # The fused tinyfast:: ops wherever they run Triton (CUDA, or the interpreter); the plain torch
+    # losses elsewhere or when off. Both give the same losses.
+    fused_kernels: bool = True
 
 
 class IntermediateStep(nn.Module):
@@ -71,11 +76,21 @@ class IntermediateStep(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = model_inputs(batch)
         attention = self.options.use_attention
+        # Queries and keys instead of L x L scores when the fused attention loss takes them.
+        scores = not uses_fused_kernels(self.options.fused_kernels, self.student)
         with torch.no_grad():
-            t = forward_internals(self.teacher, inputs, want_attention=attention, want_logits=False)
-        s = forward_internals(self.student, inputs, want_attention=attention, want_logits=False)
+            t = forward_internals(self.teacher, inputs, want_attention=attention,
+                                  want_logits=False, scores=scores)
+        s = forward_internals(self.student, inputs, want_attention=attention, want_logits=False,
+                              scores=scores)
         return intermediate_loss(s, t, inputs["attention_mask"], self.layer_map, self.projection,
                                  self.options.weights, use_attention=attention)
+
+
+def uses_fused_kernels(enabled: bool, model: nn.Module) -> bool:
+    """Whether a step on ``model`` computes its losses with the fused ops: when they are enabled
+    and would launch their Triton kernels on the model's device."""
+    return enabled and launches_triton(next(model.parameters()))
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,6 +15,10 @@ from torch import Tensor, nn
 
 from tinyfast.distill.capture import Internals
 from tinyfast.errors import ConfigError
+from tinyfast.kernels._dtypes import compute_dtype
+from tinyfast.kernels.attention_distill import attention_distill_loss, masked_score_mse
+from tinyfast.kernels.soft_cross_entropy import soft_cross_entropy as soft_cross_entropy_op
+from tinyfast.kernels.soft_cross_entropy import soft_cross_entropy_reference
 
 __all__ = [
     "Internals",
@@ -29,11 +33,6 @@ __all__ = [
     "soft_cross_entropy",
     "uniform_layer_map",
 ]
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    # fp16/bf16 -> float32; float64 stays float64.
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _real_tokens(attention_mask: Tensor, batch: int, length: int, device: torch.device) -> Tensor:
@@ -59,7 +58,7 @@ def hidden_mse(student: Tensor, teacher: Tensor, attention_mask: Tensor) -> Tens
         )
     batch, length, width = student.shape
     real = _real_tokens(attention_mask, batch, length, student.device)
-    dtype = _compute_dtype(student)
+    dtype = compute_dtype(student)
     diff = student.to(dtype) - teacher.detach().to(dtype)
     # where, not multiply: inf * 0 would be NaN.
     diff = torch.where(real.unsqueeze(-1), diff, diff.new_zeros(()))
@@ -90,17 +89,12 @@ def attention_mse(student_scores: Tensor, teacher_scores: Tensor, attention_mask
             f"attention scores differ in shape: student {tuple(student_scores.shape)}, teacher "
             f"{tuple(teacher_scores.shape)}"
         )
-    batch, heads, length, length_k = student_scores.shape
+    batch, _, length, length_k = student_scores.shape
     if length != length_k:
         raise ConfigError(f"attention scores are not square: {tuple(student_scores.shape)}")
     real = _real_tokens(attention_mask, batch, length, student_scores.device)
-    pair = (real.unsqueeze(2) & real.unsqueeze(1)).unsqueeze(1)  # [B, 1, Lq, Lk]
-    dtype = _compute_dtype(student_scores)
-    diff = student_scores.to(dtype) - teacher_scores.detach().to(dtype)
-    # -inf - -inf is NaN at padding; where drops it and passes a zero gradient there.
-    diff = torch.where(pair, diff, diff.new_zeros(()))
-    count = pair.sum().clamp_min(1) * heads
-    return diff.square().sum() / count
+    # One masked mean for this score-level form and the fused op's reference.
+    return masked_score_mse(student_scores, teacher_scores, real)
 
 
 def soft_cross_entropy(
@@ -108,11 +102,13 @@ def soft_cross_entropy(
     teacher_logits: Tensor,
     temperature: float = 1.0,
     scale_by_t2: bool = False,
+    fused: bool = False,
 ) -> Tensor:
     """Soft cross-entropy ``-sum_c softmax(z_T/T)_c log_softmax(z_S/T)_c``, averaged over the batch.
 
     Summed over classes (the official code also averages over classes, shrinking the loss by
     1/num_labels). ``scale_by_t2`` multiplies by T^2 to keep gradient size independent of T.
+    ``fused`` computes it with the ``tinyfast::soft_cross_entropy`` op instead of its reference.
     """
     if not (math.isfinite(temperature) and temperature > 0):
         raise ConfigError(f"temperature must be a positive number, got {temperature}")
@@ -121,10 +117,9 @@ def soft_cross_entropy(
             f"logits must both be [batch, num_labels] of the same shape; got student "
             f"{tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)}"
         )
-    dtype = _compute_dtype(student_logits)
-    target = torch.softmax(teacher_logits.detach().to(dtype) / temperature, dim=-1)
-    log_probs = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
-    loss = -(target * log_probs).sum(dim=-1).mean()
+    # The formula lives with the fused op (one head here).
+    per_head = soft_cross_entropy_op if fused else soft_cross_entropy_reference
+    loss = per_head(student_logits.unsqueeze(0), teacher_logits, temperature)[0]
     if scale_by_t2:
         loss = loss * (temperature * temperature)
     return loss
@@ -149,7 +144,7 @@ def regression_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         raise ConfigError(
             f"student gives {student.shape[0]} outputs, teacher gives {teacher.shape[0]}"
         )
-    dtype = _compute_dtype(student)
+    dtype = compute_dtype(student)
     return (student.to(dtype) - teacher.detach().to(dtype)).square().mean()
 
 
@@ -159,10 +154,11 @@ def prediction_loss(
     task: str,
     temperature: float = 1.0,
     scale_by_t2: bool = False,
+    fused: bool = False,
 ) -> Tensor:
     """The prediction-layer loss: soft cross-entropy for classification, MSE for regression."""
     if task == "classification":
-        return soft_cross_entropy(student_logits, teacher_logits, temperature, scale_by_t2)
+        return soft_cross_entropy(student_logits, teacher_logits, temperature, scale_by_t2, fused)
     if task == "regression":
         return regression_mse(student_logits, teacher_logits)
     raise ConfigError(f"unknown task {task!r}: expected 'classification' or 'regression'")
@@ -295,7 +291,9 @@ def intermediate_loss(
 
     Student layer m (1-based) learns from teacher layer ``layer_map[m - 1]``; the embedding output
     learns from the teacher's. Per-layer terms are summed, not averaged. Returns the weighted loss
-    and the unweighted sums ``{"emb", "hid", "att"}`` as floats for logging.
+    and the unweighted sums ``{"emb", "hid", "att"}`` as floats for logging. When both sides carry
+    queries and keys (``attention_qk``) instead of scores, the attention term is the fused
+    ``tinyfast::attention_distill_loss``, which never stores an L x L score tensor.
     """
     num_student = len(student.hidden_states) - 1
     num_teacher = len(teacher.hidden_states) - 1
@@ -318,14 +316,15 @@ def intermediate_loss(
             f"the projection covers {projection.num_layers} student layers but the student has "
             f"{num_student}"
         )
+    fused = student.attention_qk is not None and teacher.attention_qk is not None
     if use_attention:
         for who, internals, count in (
             ("student", student, num_student),
             ("teacher", teacher, num_teacher),
         ):
-            scores = internals.attention_scores
-            if scores is None or len(scores) != count:
-                got = "none" if scores is None else str(len(scores))
+            per_layer = internals.attention_qk if fused else internals.attention_scores
+            if per_layer is None or len(per_layer) != count:
+                got = "none" if per_layer is None else str(len(per_layer))
                 raise ConfigError(
                     f"the attention loss needs the {who}'s pre-softmax scores for each of its "
                     f"{count} layers, got {got}"
@@ -339,8 +338,11 @@ def intermediate_loss(
     for m, g in enumerate(layer_map, start=1):
         student_hidden = projection(student.hidden_states[m], m)
         hid = hid + hidden_mse(student_hidden, teacher.hidden_states[g], attention_mask)
-        if use_attention:
-            assert student.attention_scores is not None and teacher.attention_scores is not None
+        if use_attention and fused:
+            s, t = student.attention_qk[m - 1], teacher.attention_qk[g - 1]
+            att = att + attention_distill_loss(s.q, s.k, t.q, t.k, attention_mask, s.scale,
+                                               t.scale)
+        elif use_attention:
             att = att + attention_mse(
                 student.attention_scores[m - 1], teacher.attention_scores[g - 1], attention_mask
             )

@@ -20,6 +20,7 @@ from tinyfast.distill.intermediate import (
     model_inputs,
     options_dict,
     save_projection,
+    uses_fused_kernels,
 )
 from tinyfast.distill.losses import prediction_loss
 from tinyfast.errors import ConfigError
@@ -52,21 +53,24 @@ class PredictionStep(nn.Module):
     uses_every_parameter = True  # the student's whole classifier, head included
 
     def __init__(self, student: nn.Module, teacher: nn.Module, task: str,
-                 temperature: float = 1.0, scale_by_t2: bool = False) -> None:
+                 temperature: float = 1.0, scale_by_t2: bool = False,
+                 fused_kernels: bool = True) -> None:
         super().__init__()
         self.student = student
         self.__dict__["teacher"] = teacher.eval().requires_grad_(False)
         self.task = task
         self.temperature = temperature
         self.scale_by_t2 = scale_by_t2
+        self.fused_kernels = fused_kernels
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = model_inputs(batch)
         with torch.no_grad():
             teacher_logits = self.teacher(**inputs).logits
         student_logits = self.student(**inputs).logits
+        fused = uses_fused_kernels(self.fused_kernels, self.student)
         loss = prediction_loss(student_logits, teacher_logits, self.task, self.temperature,
-                               self.scale_by_t2)
+                               self.scale_by_t2, fused)
         return loss, {}
 
 
@@ -156,7 +160,8 @@ def distill_task(
         extra = None if projection is None else (lambda d: save_projection(projection, d))
         save_classifier(student_model, tokenizer, meta, out / "model", extra=extra)
 
-    step2 = PredictionStep(student_model, teacher_model, meta.task, temperature, scale_by_t2)
+    step2 = PredictionStep(student_model, teacher_model, meta.task, temperature, scale_by_t2,
+                           options.fused_kernels)
     result2 = train.run(
         step2, train_split.dataset, train_split.lengths, _stage_config(base, prediction),
         out / "work" / "prediction",
@@ -184,6 +189,8 @@ def distill_task(
         "config": asdict(base),
         "options": options_dict(options),
         "world_size": ctx.world_size,
+        # Whether the losses ran through the fused ops (the student is on the training device).
+        "fused_kernels": uses_fused_kernels(options.fused_kernels, student_model),
     }
     write_summary(ctx, out, summary)
     return summary
