@@ -16,7 +16,11 @@ from torch import Tensor, nn
 from tinyfast.distill.capture import Internals
 from tinyfast.errors import ConfigError
 from tinyfast.kernels._dtypes import compute_dtype
-from tinyfast.kernels.attention_distill import attention_distill_loss, masked_score_mse
+from tinyfast.kernels.attention_distill import (
+    attention_distill_loss,
+    check_head_counts,
+    masked_score_mse,
+)
 from tinyfast.kernels.soft_cross_entropy import soft_cross_entropy as soft_cross_entropy_op
 from tinyfast.kernels.soft_cross_entropy import soft_cross_entropy_reference
 
@@ -78,12 +82,7 @@ def attention_mse(student_scores: Tensor, teacher_scores: Tensor, attention_mask
             f"attention scores must be [batch, heads, length, length]; got student "
             f"{tuple(student_scores.shape)} and teacher {tuple(teacher_scores.shape)}"
         )
-    if student_scores.shape[1] != teacher_scores.shape[1]:
-        raise ConfigError(
-            f"the attention loss needs as many heads in the student as in the teacher: student has "
-            f"{student_scores.shape[1]}, teacher has {teacher_scores.shape[1]} (change the "
-            "student's number of heads or turn the attention loss off)"
-        )
+    check_head_counts(student_scores.shape[1], teacher_scores.shape[1])
     if student_scores.shape != teacher_scores.shape:
         raise ConfigError(
             f"attention scores differ in shape: student {tuple(student_scores.shape)}, teacher "

@@ -70,6 +70,16 @@ def masked_score_mse(student_scores: Tensor, teacher_scores: Tensor, real: Tenso
     return diff.square().sum() / pair_count(real, student_scores.shape[1])
 
 
+def check_head_counts(student_heads: int, teacher_heads: int) -> None:
+    """Scores are compared head by head: the attention loss needs equal head counts."""
+    if student_heads != teacher_heads:
+        raise ConfigError(
+            f"the attention loss needs as many heads in the student as in the teacher: student has "
+            f"{student_heads}, teacher has {teacher_heads} (change the student's number of heads "
+            "or turn the attention loss off)"
+        )
+
+
 def _check_inputs(
     q_s: Tensor, k_s: Tensor, q_t: Tensor, k_t: Tensor, attention_mask: Tensor
 ) -> None:
@@ -83,12 +93,7 @@ def _check_inputs(
             f"queries and keys differ in shape: student {tuple(q_s.shape)} and {tuple(k_s.shape)}, "
             f"teacher {tuple(q_t.shape)} and {tuple(k_t.shape)}"
         )
-    if q_s.shape[1] != q_t.shape[1]:
-        raise ConfigError(
-            f"the attention loss needs as many heads in the student as in the teacher: student has "
-            f"{q_s.shape[1]}, teacher has {q_t.shape[1]} (change the student's number of heads or "
-            "turn the attention loss off)"
-        )
+    check_head_counts(q_s.shape[1], q_t.shape[1])
     if q_s.shape[0] != q_t.shape[0] or q_s.shape[2] != q_t.shape[2]:
         raise ConfigError(
             f"student and teacher differ in batch or length: student {tuple(q_s.shape)}, "
