@@ -201,3 +201,25 @@ def test_distill_task_under_torchrun_matches_one_process(
     _assert_same_weights(tmp_path / "one-accum", tmp_path / "two", ROUNDING)
     _assert_same_evaluations(single, ddp, [6, 12], LOSS_TOLERANCE)
     assert _eval_lines(tmp_path / "two" / "work" / "prediction") == ddp["history"]
+
+
+def test_selfdistill_under_torchrun_matches_one_process(tmp_path, finetune_runs, demo_data):
+    # 128 corpus lines, a quarter held out: 96 training rows, the held-out KL every 3 steps. The
+    # KL is a mean over rows, so two processes equal one to float rounding.
+    args = ["selfdistill", str(finetune_runs / "one" / "model"), "--unlabeled",
+            str(demo_data["corpus"]), "--heldout", "0.25", "--epochs", "1", "--eval-every", "3",
+            *SCHEDULE, *TRAINING]
+    single = _run(args, tmp_path / "one", 1)
+    ddp = _run(args, tmp_path / "two", 2)
+    assert (single["world_size"], ddp["world_size"]) == (1, 2)
+    assert single["steps"] == ddp["steps"] == 6
+    assert [h["step"] for h in single["history"]] == [h["step"] for h in ddp["history"]] == [3, 6]
+    for one, two in zip(single["history"], ddp["history"], strict=True):
+        assert one == pytest.approx(two, abs=ROUNDING)
+    a = load_file(str(tmp_path / "one" / "model" / "branches.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model" / "branches.safetensors"))
+    # FastBERT branches after layers 1..3: 7 linear layers each, a weight and a bias apiece.
+    assert a.keys() == b.keys() and len(a) == 3 * 7 * 2
+    for name, tensor in a.items():
+        torch.testing.assert_close(b[name], tensor, rtol=0, atol=ROUNDING, msg=name)
+    assert _eval_lines(tmp_path / "two" / "work") == ddp["history"]

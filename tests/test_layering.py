@@ -18,16 +18,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "tinyfast"
 LAYERS: list[set[str]] = [
     {"errors", "_io", "_native"},
     {"bundle", "runtime", ""},  # "" is tinyfast/__init__.py: Runtime and the version only
-    {"data"},
+    {"data", "metrics"},
+    {"exits"},  # the speed rule, FLOPs, speed curves (numpy only)
     {"kernels"},
     {"models"},
     {"train"},
-    {"distill", "finetune", "augment"},  # trainers: never one importing another
+    {"distill", "finetune", "selfdistill", "augment"},  # trainers: never one importing another
     {"export"},
     {"pipeline"},
     {"cli", "__main__"},
 ]
-TRAINERS = {"distill", "finetune", "augment"}
+TRAINERS = {"distill", "finetune", "selfdistill", "augment"}
 # Compiled modules (no .py file to scan).
 EXTENSIONS = {"tinyfast._native"}
 
@@ -120,7 +121,7 @@ def test_no_import_circles():
 
 @pytest.mark.parametrize("modules", [
     "tinyfast", "tinyfast.runtime", "tinyfast.bundle", "tinyfast.data", "tinyfast.export",
-    "tinyfast.cli", "tinyfast._io",
+    "tinyfast.cli", "tinyfast._io", "tinyfast.metrics", "tinyfast.exits",
 ])
 def test_runtime_side_imports_no_torch(modules):
     code = (f"import sys, {modules}; heavy = ('torch', 'transformers', 'safetensors', 'tqdm'); "

@@ -12,6 +12,7 @@ from torch import nn
 from tinyfast import train
 from tinyfast.data import Columns
 from tinyfast.data.splits import load_labeled
+from tinyfast.metrics import main_metric
 from tinyfast.models import (
     build_student,
     check_max_length,
@@ -23,7 +24,7 @@ from tinyfast.models import (
     student_config,
 )
 from tinyfast.train import distributed
-from tinyfast.train.evaluation import dev_evaluator, main_metric
+from tinyfast.train.evaluation import dev_evaluator
 from tinyfast.train.outputs import claim_out_dir, write_summary
 
 

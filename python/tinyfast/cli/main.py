@@ -8,7 +8,9 @@ import json
 import sys
 from collections.abc import Sequence
 
+from tinyfast.cli import evaluate as evaluate_cli
 from tinyfast.cli import export as export_cli
+from tinyfast.cli import selfdistill as selfdistill_cli
 from tinyfast.cli import train as train_cli
 from tinyfast.cli.args import EXIT_USAGE, Parser
 from tinyfast.errors import TinyfastError
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print the version and the int8 kernels this CPU runs")
     info.set_defaults(run=_info)
     train_cli.add_commands(sub)
+    selfdistill_cli.add_command(sub)
 
     demo = sub.add_parser("demo", help="generate a small task and run the whole flow on it",
                           description="Generates a small sentiment task, fine-tunes the packaged "
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
 
+    evaluate_cli.add_command(sub)
     export_cli.add_export_command(sub)
     return parser
 

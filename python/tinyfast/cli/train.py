@@ -1,6 +1,6 @@
-"""``tinyfast finetune``, ``tinyfast distill general|task`` and ``tinyfast evaluate``: argument
-parsing only; the work happens in ``tinyfast.finetune``, ``tinyfast.distill`` and
-``tinyfast.train``, imported when a command runs so that ``info`` needs no torch."""
+"""``tinyfast finetune`` and ``tinyfast distill general|task``: argument parsing only; the work
+happens in ``tinyfast.finetune`` and ``tinyfast.distill``, imported when a command runs so that
+``info`` needs no torch."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def add_commands(sub: Any) -> None:
                          "JSON config) on labels alone instead: the no-distillation baseline")
     _add_student_init(ft)
     _add_task_data(ft)
-    _add_training(ft, epochs=3, lr=5e-5, batch_size=32, warmup=0.1)
+    add_training(ft, epochs=3, lr=5e-5, batch_size=32, warmup=0.1)
     ft.set_defaults(run=_finetune)
 
     distill = sub.add_parser("distill", help="TinyBERT distillation (general or task)")
@@ -45,7 +45,7 @@ def add_commands(sub: Any) -> None:
     gen.add_argument("--teacher", default="minilm", help="pretrained encoder checkpoint or "
                      "'minilm' (default: %(default)s)")
     gen.add_argument("--corpus", required=True, help="plain text, one sentence a line")
-    gen.add_argument("--out", required=True, help=_OUT_HELP)
+    gen.add_argument("--out", required=True, help=OUT_HELP)
     gen.add_argument("--student", default="tinybert4",
                      help="preset (tinybert4, tinybert6) or JSON config (default: %(default)s)")
     _add_student_init(gen)
@@ -55,7 +55,7 @@ def add_commands(sub: Any) -> None:
                      help="share of corpus lines held out to measure the loss (at most 1000; "
                           "default: %(default)s)")
     _add_intermediate(gen)
-    _add_training(gen, epochs=3, lr=5e-5, batch_size=256, warmup=0.0)
+    add_training(gen, epochs=3, lr=5e-5, batch_size=256, warmup=0.0)
     gen.set_defaults(run=_distill_general)
 
     task = stages.add_parser("task", help="fine-tuned teacher -> student on task data",
@@ -73,7 +73,7 @@ def add_commands(sub: Any) -> None:
     task.add_argument("--augmented", default=None,
                       help="augmented training text (TSV/JSONL with the task's columns, or .txt); "
                            "replaces --train's text in both steps")
-    task.add_argument("--out", required=True, help=_OUT_HELP)
+    task.add_argument("--out", required=True, help=OUT_HELP)
     task.add_argument("--max-length", type=positive_int, default=None,
                       help="tokens (default: the teacher's)")
     task.add_argument("--intermediate-epochs", type=nonnegative_float, default=10,
@@ -89,25 +89,18 @@ def add_commands(sub: Any) -> None:
     task.add_argument("--scale-t2", action="store_true",
                       help="multiply the prediction loss by temperature^2")
     _add_intermediate(task)
-    _add_training(task, epochs=None, lr=None, batch_size=32, warmup=None)
+    add_training(task, epochs=None, lr=None, batch_size=32, warmup=None)
     task.set_defaults(run=_distill_task)
 
-    ev = sub.add_parser("evaluate", help="metrics of a classifier checkpoint on a labeled file")
-    ev.add_argument("model", help="classifier checkpoint directory")
-    ev.add_argument("data", help="TSV with header or JSONL, with the model's columns")
-    ev.add_argument("--batch-size", type=positive_int, default=64)
-    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ev.set_defaults(run=_evaluate)
 
-
-_OUT_HELP = ("output directory: new, empty, or an earlier run of this command (other contents "
+OUT_HELP = ("output directory: new, empty, or an earlier run of this command (other contents "
              "are refused unless --overwrite)")
 
 
 def _add_task_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", required=True, help="training file (TSV with header or JSONL)")
     p.add_argument("--dev", required=True, help="dev file, same columns")
-    p.add_argument("--out", required=True, help=_OUT_HELP)
+    p.add_argument("--out", required=True, help=OUT_HELP)
     p.add_argument("--task", choices=["classification", "regression"], default="classification")
     p.add_argument("--text-a", default="sentence", help="first text column (default: "
                    "%(default)s)")
@@ -141,7 +134,7 @@ def _add_intermediate(p: argparse.ArgumentParser) -> None:
                         "would run (CUDA); the losses are the same")
 
 
-def _add_training(p: argparse.ArgumentParser, *, epochs, lr, batch_size, warmup) -> None:
+def add_training(p: argparse.ArgumentParser, *, epochs, lr, batch_size, warmup) -> None:
     g = p.add_argument_group("training")
     if epochs is not None:
         g.add_argument("--epochs", type=positive_float, default=epochs,
@@ -173,7 +166,7 @@ def _add_training(p: argparse.ArgumentParser, *, epochs, lr, batch_size, warmup)
                         "(only this run's model/, work/ and metrics.json are replaced)")
 
 
-def _train_config(args: argparse.Namespace, **override: Any):
+def train_config(args: argparse.Namespace, **override: Any):
     from tinyfast.train import TrainConfig
 
     if args.threads:
@@ -217,7 +210,7 @@ def _intermediate_options(args: argparse.Namespace):
                                fused_kernels=not args.no_fused_kernels)
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: dict[str, Any]) -> None:
     """Under torchrun every rank returns the summary; rank 0 alone prints it."""
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -232,10 +225,10 @@ def _finetune(args: argparse.Namespace) -> int:
     summary = finetune(
         args.teacher, args.train, args.dev, args.out,
         columns=Columns(text_a=args.text_a, text_b=args.text_b, label=args.label),
-        task=args.task, max_length=args.max_length, config=_train_config(args),
+        task=args.task, max_length=args.max_length, config=train_config(args),
         student=args.student, init=_init_mode(args), init_checkpoint=args.student_init,
         resume=args.resume, overwrite=args.overwrite)
-    _print_summary(summary)
+    print_summary(summary)
     return 0
 
 
@@ -245,9 +238,9 @@ def _distill_general(args: argparse.Namespace) -> int:
     summary = distill_general(
         args.teacher, args.corpus, args.out, student=args.student, init=_init_mode(args),
         init_checkpoint=args.student_init, max_length=args.max_length,
-        options=_intermediate_options(args), config=_train_config(args), heldout=args.heldout,
+        options=_intermediate_options(args), config=train_config(args), heldout=args.heldout,
         resume=args.resume, overwrite=args.overwrite)
-    _print_summary(summary)
+    print_summary(summary)
     return 0
 
 
@@ -261,26 +254,7 @@ def _distill_task(args: argparse.Namespace) -> int:
         max_length=args.max_length, options=_intermediate_options(args),
         intermediate=StageSettings(args.intermediate_epochs, args.intermediate_lr, 0.0),
         prediction=StageSettings(args.prediction_epochs, args.prediction_lr, 0.1),
-        temperature=args.temperature, scale_by_t2=args.scale_t2, config=_train_config(args),
+        temperature=args.temperature, scale_by_t2=args.scale_t2, config=train_config(args),
         resume=args.resume, overwrite=args.overwrite)
-    _print_summary(summary)
-    return 0
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from tinyfast.data import TaskMeta, read_examples
-    from tinyfast.data.splits import encode_split
-    from tinyfast.models import load_classifier, load_tokenizer, resolve_model_path
-    from tinyfast.train.evaluation import classifier_logits, predict_logits, task_metrics
-
-    meta = TaskMeta.load(resolve_model_path(args.model))
-    tokenizer = load_tokenizer(args.model)
-    model = load_classifier(args.model).eval()
-    examples = read_examples(args.data, meta.columns, meta.task)
-    split = encode_split(tokenizer, examples, meta, with_labels=True)
-    logits = predict_logits(classifier_logits(model), split.dataset, split.lengths,
-                            batch_size=args.batch_size, pad_id=tokenizer.pad_token_id or 0,
-                            progress="evaluate" if not args.no_progress else None)
-    print(json.dumps({"rows": len(split), **task_metrics(meta.task, logits, split.labels)},
-                     indent=1))
+    print_summary(summary)
     return 0

@@ -1,13 +1,15 @@
-"""Batches for training and evaluation: a dataset over ``Encoded``, dynamic padding, and a
+"""Batches for training and evaluation: a dataset over ``Encoded``, dynamic padding, a
 length-bucketing batch sampler whose order depends on (seed, epoch) alone, so resuming and DDP
-ranks agree on it without talking to each other."""
+ranks agree on it without talking to each other, and prediction over a dataset in length-sorted
+batches (``predict_batched``)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from tinyfast.data.readers import Encoded
@@ -152,3 +154,43 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         base, extra = divmod(len(batch), k)
         start = r * base + min(r, extra)  # the first `extra` ranks take one row more
         return batch[start : start + base + (r < extra)]
+
+
+@torch.no_grad()
+def predict_batched(
+    forward: Callable[[dict[str, torch.Tensor]], torch.Tensor | tuple[torch.Tensor, ...]],
+    dataset: Sequence[dict[str, Any]],
+    lengths: Sequence[int],
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    pad_id: int = 0,
+    progress: str | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Run ``forward`` over a tokenized dataset and return its outputs as numpy arrays, rows in
+    dataset order. Rows are batched by length (less padding) and put back in place afterwards.
+    ``forward`` maps a padded batch (``input_ids``, ``token_type_ids``, ``attention_mask``) to a
+    tensor or a tuple of tensors, rows first; floating outputs become float32. ``progress``
+    names a progress bar over the rows (on stderr); None shows none."""
+    from tqdm import tqdm
+
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    outs: list[np.ndarray] | None = None
+    bar = tqdm(total=len(order), desc=progress, unit="row", disable=progress is None,
+               dynamic_ncols=True)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = collate([dataset[int(i)] for i in rows], pad_id)
+        batch.pop("labels", None)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        result = forward(batch)
+        parts = result if isinstance(result, tuple) else (result,)
+        arrays = [(p.float() if p.is_floating_point() else p).cpu().numpy() for p in parts]
+        if outs is None:
+            outs = [np.empty((len(order), *a.shape[1:]), dtype=a.dtype) for a in arrays]
+        for out, array in zip(outs, arrays, strict=True):
+            out[rows] = array
+        bar.update(len(rows))
+    bar.close()
+    if outs is None:
+        raise ValueError("cannot predict on an empty dataset")
+    return tuple(outs)

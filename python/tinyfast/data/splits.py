@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tinyfast.data.readers import (
     read_corpus,
     read_examples,
 )
+from tinyfast.errors import DataError
 
 
 @dataclass
@@ -60,6 +62,10 @@ def load_unlabeled(tokenizer, path: str | Path, meta: TaskMeta) -> Split:
     columns; a label column, if present, is ignored) or a plain-text corpus."""
     path = Path(path)
     if path.suffix.lower() == ".txt":
+        if meta.columns.text_b is not None:
+            raise DataError(str(path), "plain text holds one text a line, but this task takes "
+                            f"pairs ({meta.columns.text_a}, {meta.columns.text_b}); give a "
+                            "TSV/JSONL file with both columns")
         examples = corpus_examples(path)
     else:
         unlabeled = Columns(text_a=meta.columns.text_a, text_b=meta.columns.text_b, label=None)
@@ -69,3 +75,31 @@ def load_unlabeled(tokenizer, path: str | Path, meta: TaskMeta) -> Split:
 
 def corpus_examples(path: str | Path) -> list[Example]:
     return [Example(text, None, None, f"{path}") for text in read_corpus(path)]
+
+
+def heldout_split(split: Split, share: float, cap: int, seed: int) -> tuple[Split, Split]:
+    """``split`` cut into training rows and a seeded random held-out ``share`` of its rows (at
+    most ``cap``; none when ``share`` is 0 or there is a single row). Both keep the original row
+    order and share the tokenized rows (no copy); labels are dropped (distillation needs none)."""
+    rng = random.Random(seed)
+    order = list(range(len(split)))
+    rng.shuffle(order)
+    n_held = min(cap, max(1, int(len(order) * share))) if share > 0 and len(order) > 1 else 0
+    return _subset(split, sorted(order[n_held:])), _subset(split, sorted(order[:n_held]))
+
+
+def _subset(split: Split, rows: list[int]) -> Split:
+    return Split(_Rows(split.dataset, rows), [split.lengths[i] for i in rows], None)
+
+
+class _Rows:
+    """A view of some rows of a dataset (no copy)."""
+
+    def __init__(self, dataset, rows: list[int]) -> None:
+        self.dataset, self.rows = dataset, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.rows[i]]

@@ -3,7 +3,6 @@ states and attention scores on unlabeled text; a held-out share of the corpus me
 
 from __future__ import annotations
 
-import random
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from torch import nn
 from tinyfast import train
 from tinyfast.data import Columns, TaskMeta
 from tinyfast.data.batching import collate
-from tinyfast.data.splits import Split, corpus_examples, encode_split
+from tinyfast.data.splits import Split, corpus_examples, encode_split, heldout_split
 from tinyfast.distill.intermediate import (
     IntermediateOptions,
     load_projection,
@@ -39,32 +38,6 @@ from tinyfast.train import distributed
 from tinyfast.train.outputs import claim_out_dir, write_summary
 
 __all__ = ["distill_general"]
-
-
-def _heldout_split(lines: int, share: float, cap: int, seed: int) -> tuple[list[int], list[int]]:
-    """Indices of training and held-out rows: a seeded random ``share`` (at most ``cap``)."""
-    rng = random.Random(seed)
-    order = list(range(lines))
-    rng.shuffle(order)
-    n_held = min(cap, max(1, int(lines * share))) if share > 0 and lines > 1 else 0
-    return sorted(order[n_held:]), sorted(order[:n_held])
-
-
-def _subset(split: Split, rows: list[int]) -> Split:
-    return Split(_Rows(split.dataset, rows), [split.lengths[i] for i in rows], None)
-
-
-class _Rows:
-    """A view of some rows of a dataset (no copy)."""
-
-    def __init__(self, dataset, rows: list[int]) -> None:
-        self.dataset, self.rows = dataset, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        return self.dataset[self.rows[i]]
 
 
 def _heldout_loss(step: nn.Module, split: Split, device, pad_id: int, batch_size: int = 64):
@@ -116,8 +89,7 @@ def distill_general(
     meta = TaskMeta(task="classification", labels=[], columns=Columns(label=None),
                     max_length=max_length)
     corpus_split = encode_split(tokenizer, corpus_examples(corpus), meta, with_labels=False)
-    train_rows, held_rows = _heldout_split(len(corpus_split), heldout, 1000, config.seed)
-    train_split, held_split = _subset(corpus_split, train_rows), _subset(corpus_split, held_rows)
+    train_split, held_split = heldout_split(corpus_split, heldout, 1000, config.seed)
 
     s_cfg = student_config(student, teacher_model.config, None)
     torch.manual_seed(config.seed)  # the same seed gives the same student and projections

@@ -24,6 +24,7 @@ from tinyfast.distill.intermediate import (
 )
 from tinyfast.distill.losses import prediction_loss
 from tinyfast.errors import ConfigError
+from tinyfast.metrics import main_metric
 from tinyfast.models import (
     build_student,
     check_max_length,
@@ -35,7 +36,7 @@ from tinyfast.models import (
     student_config,
 )
 from tinyfast.train import distributed
-from tinyfast.train.evaluation import dev_evaluator, main_metric
+from tinyfast.train.evaluation import dev_evaluator
 from tinyfast.train.outputs import claim_out_dir, write_summary
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Predictions and task metrics (accuracy, macro F1; Pearson, Spearman, MSE for regression)."""
+"""Predictions of a classifier over a tokenized split, and the dev evaluation of the trainers.
+The metrics themselves are ``tinyfast.metrics`` (numpy only)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinyfast.data.batching import collate
+from tinyfast.data.batching import predict_batched
+from tinyfast.metrics import task_metrics
 
 
-@torch.no_grad()
 def predict_logits(
     forward: Callable[[dict[str, torch.Tensor]], torch.Tensor] | nn.Module,
     dataset: Sequence[dict[str, Any]],
@@ -25,83 +26,14 @@ def predict_logits(
     """Logits of every row, in dataset order. Rows are batched by length (less padding) and put
     back in place afterwards. ``forward`` maps a batch to logits ``[B, C]``. ``progress`` names a
     progress bar over the rows (on stderr); None shows none."""
-    from tqdm import tqdm
-
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    out: np.ndarray | None = None
-    bar = tqdm(total=len(order), desc=progress, unit="row", disable=progress is None,
-               dynamic_ncols=True)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        batch = collate([dataset[int(i)] for i in rows], pad_id)
-        batch.pop("labels", None)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = forward(batch).float().cpu().numpy()
-        if out is None:
-            out = np.empty((len(order), logits.shape[1]), dtype=np.float32)
-        out[rows] = logits
-        bar.update(len(rows))
-    bar.close()
-    if out is None:
-        raise ValueError("cannot predict on an empty dataset")
-    return out
+    (logits,) = predict_batched(forward, dataset, lengths, batch_size=batch_size, device=device,
+                                pad_id=pad_id, progress=progress)
+    return logits
 
 
 def classifier_logits(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     """A ``forward`` for predict_logits from a Hugging Face sequence classifier."""
     return lambda batch: model(**batch).logits
-
-
-def classification_metrics(logits: np.ndarray, labels: Sequence[int]) -> dict[str, float]:
-    labels_arr = np.asarray(labels)
-    pred = logits.argmax(axis=1)
-    f1s = []
-    for c in range(logits.shape[1]):
-        tp = np.sum((pred == c) & (labels_arr == c))
-        fp = np.sum((pred == c) & (labels_arr != c))
-        fn = np.sum((pred != c) & (labels_arr == c))
-        if tp + fp + fn:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": float(np.mean(pred == labels_arr)), "macro_f1": float(np.mean(f1s))}
-
-
-def regression_metrics(predictions: np.ndarray, labels: Sequence[float]) -> dict[str, float]:
-    pred = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    gold = np.asarray(labels, dtype=np.float64)
-    return {
-        "pearson": _pearson(pred, gold),
-        "spearman": _pearson(_ranks(pred), _ranks(gold)),
-        "mse": float(np.mean((pred - gold) ** 2)),
-    }
-
-
-def task_metrics(task: str, logits: np.ndarray, labels: Sequence[Any]) -> dict[str, float]:
-    if task == "regression":
-        return regression_metrics(logits, labels)
-    return classification_metrics(logits, labels)
-
-
-def main_metric(task: str) -> str:
-    """The metric that picks the best checkpoint."""
-    return "pearson" if task == "regression" else "accuracy"
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if a.std() == 0 or b.std() == 0:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    # Average ranks for ties, as Spearman's coefficient defines them.
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.arange(len(x), dtype=np.float64)
-    for value in np.unique(x):
-        tied = x == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
 
 
 def dev_evaluator(task: str, dev: Any, device: torch.device, pad_id: int, attr: str

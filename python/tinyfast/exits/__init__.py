@@ -1,0 +1,30 @@
+"""Early exit measured: the speed rule, FLOPs per row, and accuracy / exit layer / FLOPs / time
+over a range of speeds for any predictor (the int8 runtime or the PyTorch early-exit model).
+Needs numpy alone."""
+
+from tinyfast.exits.curve import format_table, runtime_predictor, speed_curve
+from tinyfast.exits.flops import (
+    ModelShape,
+    branch_flops,
+    full_flops,
+    head_flops,
+    layer_flops,
+    relative_flops,
+    row_flops,
+)
+from tinyfast.exits.speeds import check_speed, parse_speeds
+
+__all__ = [
+    "ModelShape",
+    "branch_flops",
+    "check_speed",
+    "format_table",
+    "full_flops",
+    "head_flops",
+    "layer_flops",
+    "parse_speeds",
+    "relative_flops",
+    "row_flops",
+    "runtime_predictor",
+    "speed_curve",
+]
