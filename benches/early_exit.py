@@ -219,11 +219,14 @@ def goals(curve: dict[str, Any], chosen: dict[str, Any], speed: dict[str, Any]) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transformers.utils import logging as hf_logging
+
     import tinyfast
     from tinyfast.exits.curve import format_table
     from tinyfast.exits.speeds import parse_speeds
     from tinyfast.export import export
 
+    hf_logging.disable_progress_bar()  # one bar per checkpoint load says nothing here
     args = parse_args(argv)
     speeds = parse_speeds(args.speeds)
     if 0.0 not in speeds:
