@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # one bar per checkpoint load says nothing here
     args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)  # self-distillation too: no oversubscribed cores
     speeds = parse_speeds(args.speeds)
     if 0.0 not in speeds:
         speeds = [0.0, *speeds]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from tinyfast.cli import evaluate as evaluate_cli
 from tinyfast.cli import export as export_cli
+from tinyfast.cli import pipeline as pipeline_cli
 from tinyfast.cli import selfdistill as selfdistill_cli
 from tinyfast.cli import train as train_cli
 from tinyfast.cli.args import EXIT_USAGE, Parser
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     evaluate_cli.add_command(sub)
+    pipeline_cli.add_command(sub)
     export_cli.add_export_command(sub)
     return parser
 
