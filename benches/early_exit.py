@@ -147,8 +147,8 @@ def chosen_speed(points: list[dict[str, Any]], tolerance_points: float) -> dict[
 def throughput(model_dir: Path, bundle: Path, inputs: list[Any], speed: float, work: Path,
                threads: int, rounds: int) -> dict[str, Any]:
     """Rows/s over the whole evaluation set at batch 1 and 32, contenders taking turns."""
-    import runtime_speed
     from tinyfast import Runtime
+    from tinyfast.bench.contenders_ort import ORT_INT8, ort_contenders
     from tinyfast.models import load_tokenizer
 
     runtime = Runtime.load(bundle, threads=threads)
@@ -168,8 +168,7 @@ def throughput(model_dir: Path, bundle: Path, inputs: list[Any], speed: float, w
     ort_dir = work / "ort"
     ort_dir.mkdir(parents=True, exist_ok=True)
     ort_settings = {}
-    for c in runtime_speed.ort_contenders(model_dir, tokenizer, ort_dir, threads,
-                                          runtime_speed.ORT_INT8):
+    for c in ort_contenders(model_dir, tokenizer, ort_dir, threads, ORT_INT8):
         contenders[c.name] = ort(c)
         ort_settings[c.name] = c.settings
 
@@ -189,7 +188,7 @@ def throughput(model_dir: Path, bundle: Path, inputs: list[Any], speed: float, w
                     contenders[name](texts)
                 passes[name].append(time.perf_counter() - start)
         rows_per_s = {name: len(inputs) / statistics.median(s) for name, s in passes.items()}
-        best_ort = max(rows_per_s[n] for n in runtime_speed.ORT_INT8)
+        best_ort = max(rows_per_s[n] for n in ORT_INT8)
         result["batches"][str(batch)] = {
             "pass_seconds": passes,
             "rows_per_second": rows_per_s,

@@ -10,6 +10,9 @@ Every contender classifies the same texts with the same thread count, tokenizati
                       EmbedLayerNormalization, SkipLayerNormalization, BiasGelu)
   tinyfast_int8       tinyfast.Runtime on an int8 bundle, speed 0 (no early exit)
   tinyfast_f32        the same on an f32 bundle
+  openvino_int8       (only when named in --contenders; needs openvino and nncf) the ONNX
+                      export converted by OpenVINO, static shapes [batch, seq] per workload,
+                      NNCF static post-training quantization calibrated on the workload's texts
 
 Workloads are ``BATCHxSEQ`` (default 1x32, 1x128, 32x32): texts built to tokenize to exactly SEQ
 tokens including [CLS] and [SEP], so no contender pads or truncates. Contenders take turns round by
@@ -30,6 +33,9 @@ The JSON names the model and bundles it builds ``<WORK>/...`` (under ``--work-di
 directory unless given) and a given ``--model`` or ``--texts`` relative to the repository root
 (benches/_paths.py).
 
+The contenders, workloads, timing and machine record come from the harness ``tinyfast.bench``
+(shared with ``tinyfast bench`` and benches/early_exit.py); this script composes them.
+
     python benches/runtime_speed.py --threads 1 --out bench-results/runtime_speed.json
     python benches/runtime_speed.py --model runs/student/model --texts ../shared/data/sst2/dev.tsv
 """
@@ -37,36 +43,52 @@ directory unless given) and a given ``--model`` or ``--texts`` relative to the r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import gc
 import inspect
 import json
-import logging
 import math
 import os
-import platform
-import random
 import shutil
 import sys
 import tempfile
-import time
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tinyfast.bench.contender import Contender, Prediction
+from tinyfast.bench.contenders_openvino import (
+    OpenVINOEngine,
+    compile_config,
+    openvino_predict,
+    quantize_openvino,
+)
+from tinyfast.bench.contenders_openvino import missing as openvino_missing
+from tinyfast.bench.contenders_ort import ORT_INT8, export_onnx, ort_contenders
+from tinyfast.bench.contenders_tinyfast import runtime_contender, tinyfast_contender
+from tinyfast.bench.contenders_torch import torch_contenders
+from tinyfast.bench.encoding import hf_encoder
+from tinyfast.bench.machine import machine_info, set_threads
+from tinyfast.bench.report import agreement, ratios_vs
+from tinyfast.bench.timing import latency_stats, predict_pool, time_round_robin
+from tinyfast.bench.workload import WORDS as _WORDS  # noqa: F401 - the tests build vocabularies
+from tinyfast.bench.workload import (
+    Workload,
+    exact_length_texts,
+    linear_gop_per_call,
+    load_source_texts,
+)
+from tinyfast.errors import TinyfastError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benches/_paths.py when loaded by path
 from _paths import recorded_path  # noqa: E402
 
 REFERENCE = "torch_fp32"
 BASELINE = "ort_int8"
-# ONNX Runtime int8, plain and graph-fused: the goal compares with the faster of the two.
-ORT_INT8 = ("ort_int8", "ort_int8_fused")
+# ONNX Runtime int8 (ORT_INT8), plain and graph-fused: the goal compares with the faster one.
 CONTENDERS = (
     "torch_fp32",
     "torch_int8_dynamic",
@@ -75,71 +97,9 @@ CONTENDERS = (
     "tinyfast_int8",
     "tinyfast_f32",
 )
+# Run only when --contenders names them.
+OPTIONAL = ("openvino_int8",)
 SCHEMA_VERSION = 2
-
-# Words for generated sentences when no --texts file is given (fixed seed, plain English).
-_WORDS = (
-    "the a an this that film movie story plot actor actress director scene scenes music score "
-    "camera script dialogue ending start middle character characters audience critic review "
-    "is was are were seems feels looks sounds becomes remains makes gives takes shows tells "
-    "good great bad awful funny sad dull bright clever stupid warm cold long short slow quick "
-    "beautiful ugly charming boring moving flat sharp honest fake fresh tired strong weak "
-    "very quite rather too so almost never always often sometimes really truly barely "
-    "and but or yet because while although when if than then also still even just only "
-    "of in on at by with without for from about into over under after before through "
-    "we you they he she it one some many few every most all no each other another "
-    "time life love world people man woman child family friend night day year work way "
-    "enough much more less little big small old new young first last best worst whole "
-    "performance performances humor drama comedy thriller romance action effects pace tone"
-).split()
-
-
-# ---------------------------------------------------------------------------------------------
-# What a contender is
-
-
-@dataclass
-class Prediction:
-    labels: np.ndarray  # [rows] int
-    probabilities: np.ndarray  # [rows, num_labels] float
-    exit_layers: np.ndarray | None = None  # [rows] int, tinyfast only
-
-
-@dataclass
-class Contender:
-    name: str
-    # One timed call: raw texts and the workload's sequence length in, answers out.
-    predict: Callable[[list[str], int], Prediction]
-    settings: dict[str, Any] = field(default_factory=dict)
-    bundle: Path | None = None  # a tinyfast contender's bundle directory
-
-
-@dataclass
-class Workload:
-    batch: int
-    seq_len: int
-    texts: list[str]  # the pool; call k uses rows [k*batch, (k+1)*batch) modulo the pool
-
-    @property
-    def name(self) -> str:
-        return f"b{self.batch}_s{self.seq_len}"
-
-    def call_texts(self, k: int) -> list[str]:
-        calls = len(self.texts) // self.batch
-        start = (k % calls) * self.batch
-        return self.texts[start : start + self.batch]
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _from_logits(logits: np.ndarray) -> Prediction:
-    probs = _softmax(logits.astype(np.float32, copy=False))
-    return Prediction(labels=probs.argmax(axis=-1), probabilities=probs)
-
 
 # ---------------------------------------------------------------------------------------------
 # Model and texts
@@ -178,422 +138,8 @@ def build_tinybert4(out_dir: Path, seed: int, max_length: int, work: Path) -> di
     }
 
 
-def load_source_texts(path: str | None, column: str, seed: int) -> tuple[list[str], str]:
-    """Real sentences from a TSV/JSONL/text file, or generated ones; and where they came from."""
-    if path is not None:
-        from tinyfast.data import Columns, detect_format, read_examples
-
-        fmt = detect_format(path)
-        columns = Columns(text_a=column, label=None) if fmt != "text" else Columns(label=None)
-        texts = [ex.text_a for ex in read_examples(path, columns, format=fmt) if ex.text_a.strip()]
-        if not texts:
-            raise SystemExit(f"runtime_speed: {path}: no non-empty texts")
-        where = f"file: {recorded_path(path)}"
-        return texts, f"{where} (column {column!r})" if fmt != "text" else where
-    rng = random.Random(seed)
-    texts = [
-        " ".join(rng.choice(_WORDS) for _ in range(rng.randint(6, 24))) + " ." for _ in range(500)
-    ]
-    return texts, f"generated: 500 sentences of 6-24 words from a fixed list, seed {seed}"
-
-
-def _word_stream(texts: Sequence[str], start: int) -> Iterator[str]:
-    """Words of the texts in order, starting at text ``start`` and wrapping around, forever."""
-    n = len(texts)
-    for i in range(start, start + 1_000_000):
-        yield from texts[i % n].split()
-
-
-def exact_length_texts(tokenizer: Any, texts: Sequence[str], seq_len: int, count: int) -> list[str]:
-    """``count`` texts that tokenize to exactly ``seq_len`` tokens, special tokens included.
-
-    Each is consecutive words of the source texts (text i starts at source text 7i); a word whose
-    tokens would overshoot is skipped, so the count lands exactly. Checked on the whole text.
-    """
-    content = seq_len - tokenizer.num_special_tokens_to_add(pair=False)
-    if content < 1:
-        raise SystemExit(f"runtime_speed: sequence length {seq_len} leaves no room for text")
-    sizes: dict[str, int] = {}
-    out = []
-    for i in range(count):
-        words: list[str] = []
-        have = 0
-        for tries, word in enumerate(_word_stream(texts, i * 7)):
-            if word not in sizes:
-                sizes[word] = len(tokenizer(word, add_special_tokens=False)["input_ids"])
-            size = sizes[word]
-            if size and have + size <= content:
-                words.append(word)
-                have += size
-            if have == content:
-                break
-            if tries > 100 * seq_len:
-                raise SystemExit(f"runtime_speed: cannot build a text of {seq_len} tokens")
-        text = " ".join(words)
-        got = len(tokenizer(text)["input_ids"])
-        if got != seq_len:
-            raise SystemExit(
-                f"runtime_speed: built a text of {got} tokens instead of {seq_len} (the "
-                "tokenizer does not count words independently); use --texts with other text"
-            )
-        out.append(text)
-    return out
-
-
-def linear_gop_per_call(config: Any, batch: int, seq_len: int) -> float:
-    """Multiply-adds x2 of the encoder's matmuls (linears and attention) per call, in GOP."""
-    h, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    tokens = batch * seq_len
-    linears = 2 * tokens * layers * (4 * h * h + 2 * h * f)
-    attention = 2 * batch * layers * 2 * seq_len * seq_len * h
-    head = 2 * batch * (h * h + h * config.num_labels)
-    return (linears + attention + head) / 1e9
-
-
-# ---------------------------------------------------------------------------------------------
-# Contenders
-
-
-def _hf_encode(tokenizer: Any, texts: list[str], seq_len: int, tensors: str) -> Any:
-    return tokenizer(
-        texts, padding=True, truncation=True, max_length=seq_len, return_tensors=tensors
-    )
-
-
-def torch_contenders(model_dir: Path, tokenizer: Any) -> list[Contender]:
-    """torch_fp32 and torch_int8_dynamic, from the same loaded model."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(
-            model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False
-        )
-    quantized.eval()
-
-    def runner(m: Any) -> Callable[[list[str], int], Prediction]:
-        def predict(texts: list[str], seq_len: int) -> Prediction:
-            enc = _hf_encode(tokenizer, texts, seq_len, "pt")
-            with torch.inference_mode():
-                logits = m(**enc).logits
-            return _from_logits(logits.float().numpy())
-
-        return predict
-
-    attn = getattr(model.config, "_attn_implementation", None)
-    common = {"attention": attn, "tokenizer": "HF fast tokenizer, padding=longest, truncation"}
-    return [
-        Contender(
-            "torch_fp32",
-            runner(model),
-            {**common, "dtype": "float32", "mode": "eval + torch.inference_mode"},
-        ),
-        Contender(
-            "torch_int8_dynamic",
-            runner(quantized),
-            {
-                **common,
-                "quantization": "torch.ao.quantization.quantize_dynamic({nn.Linear}, "
-                "dtype=torch.qint8): int8 weights per tensor, activations quantized per call",
-                "quantized_engine": torch.backends.quantized.engine,
-                "mode": "eval + torch.inference_mode",
-            },
-        ),
-    ]
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silences the exporter's deprecation warnings and the quantizer's root-logger advice."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(logging.NOTSET)
-
-
-def ort_contenders(
-    model_dir: Path, tokenizer: Any, work: Path, threads: int, wanted: Sequence[str]
-) -> list[Contender]:
-    """One ONNX export; ort_int8 quantizes it as is, ort_int8_fused after ORT's BERT fusions."""
-    import onnx
-    import onnxruntime as ort
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from transformers import AutoModelForSequenceClassification
-
-    # Eager attention exports as plain MatMul/Softmax, which ORT's optimizer fuses into its
-    # Attention op (the SDPA export is not recognised). Same math as the torch contenders.
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, local_files_only=True, attn_implementation="eager"
-    ).eval()
-    sample = _hf_encode(tokenizer, ["a first example text", "a second one"], 16, "pt")
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
-
-    class Logits(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return self.inner(**dict(zip(names, tensors, strict=True))).logits
-
-    fp32_path = work / "fp32.onnx"
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
-    opset = 17
-    with _quiet(), torch.no_grad():
-        torch.onnx.export(
-            Logits(model).eval(),  # export restores the wrapper's mode on all submodules
-            tuple(sample[n] for n in names),
-            str(fp32_path),
-            dynamo=False,
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes=axes,
-            opset_version=opset,
-        )
-        expected = model(**{n: sample[n] for n in names}).logits.numpy()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    feeds = {n: sample[n].numpy() for n in names}
-    check = ort.InferenceSession(str(fp32_path), options, providers=["CPUExecutionProvider"])
-    export_diff = float(np.abs(check.run(["logits"], feeds)[0] - expected).max())
-    del check
-    export = {
-        "exporter": "torch.onnx.export(dynamo=False) (TorchScript; the default dynamo exporter "
-        "needs onnxscript and its graph is not fused by ORT's BERT optimizer)",
-        "opset": opset,
-        "attention": "eager",
-        "inputs": names,
-        "dynamic_axes": {n: ["batch", "sequence"] for n in names},
-        "fp32_onnx_max_abs_logit_diff_vs_torch": export_diff,
-    }
-    quant = {
-        "tool": "onnxruntime.quantization.quantize_dynamic",
-        "weight_type": "QInt8",
-        "per_channel": False,
-        "reduce_range": False,
-        "op_types_to_quantize": "default (all ORT integer ops: MatMul, Attention, Gather, ...)",
-        "extra_options": {"DefaultTensorType": "FLOAT"},
-    }
-    ort_options = {
-        "intra_op_num_threads": threads,
-        "inter_op_num_threads": 1,
-        "execution_mode": "ORT_SEQUENTIAL",
-        "graph_optimization_level": "ORT_ENABLE_ALL",
-        "providers": ["CPUExecutionProvider"],
-    }
-
-    out = []
-    for name in (n for n in ORT_INT8 if n in wanted):
-        to_quantize, optimizer = fp32_path, "none"
-        if name == "ort_int8_fused":
-            from onnxruntime.transformers.optimizer import optimize_model
-
-            with _quiet():
-                optimized = optimize_model(
-                    str(fp32_path),
-                    model_type="bert",
-                    num_heads=model.config.num_attention_heads,
-                    hidden_size=model.config.hidden_size,
-                    opt_level=0,
-                )
-            to_quantize = work / "fused.onnx"
-            optimized.save_model_to_file(str(to_quantize))
-            optimizer = {
-                "tool": "onnxruntime.transformers.optimizer.optimize_model",
-                "model_type": "bert",
-                "opt_level": 0,
-                "fused_operators": {
-                    k: v for k, v in optimized.get_fused_operator_statistics().items() if v
-                },
-            }
-        int8_path = work / f"{name}.onnx"
-        with _quiet():
-            quantize_dynamic(
-                str(to_quantize),
-                str(int8_path),
-                weight_type=QuantType.QInt8,
-                per_channel=False,
-                reduce_range=False,
-                # Shape inference cannot type the outputs of ORT's fused contrib ops.
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-        engine = ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
-        ops = Counter(node.op_type for node in onnx.load(str(int8_path)).graph.node)
-        settings = {
-            "export": export,
-            "graph_optimizer": optimizer,
-            "quantization": quant,
-            "int8_graph_ops": dict(ops.most_common()),
-            "inference_options": ort_options,
-            "tokenizer": "HF fast tokenizer, padding=longest, truncation",
-            "model_bytes": int8_path.stat().st_size,
-        }
-        out.append(Contender(name, _ort_predict(engine, tokenizer), settings))
-    return out
-
-
-def _ort_predict(engine: Any, tokenizer: Any) -> Callable[[list[str], int], Prediction]:
-    inputs = [i.name for i in engine.get_inputs()]
-
-    def predict(texts: list[str], seq_len: int) -> Prediction:
-        enc = _hf_encode(tokenizer, texts, seq_len, "np")
-        logits = engine.run(["logits"], {n: enc[n].astype(np.int64, copy=False) for n in inputs})
-        return _from_logits(logits[0])
-
-    return predict
-
-
-def tinyfast_contender(
-    name: str, model_dir: Path, work: Path, dtype: str, threads: int, max_length: int
-) -> tuple[Contender | None, dict[str, Any], Any, dict[str, Any] | None]:
-    """(contender or None, record, runtime, bundle's tinyfast.json) for one bundle dtype."""
-    import tinyfast
-
-    if not hasattr(tinyfast, "Runtime"):
-        return None, {"skipped": "runtime not built"}, None, None
-    try:
-        from tinyfast.export import export
-    except ImportError as exc:
-        return None, {"skipped": f"tinyfast.export is not available: {exc}"}, None, None
-    bundle = work / f"bundle-{dtype}"
-    # A bundle long enough for every workload, where export lets us say so (its default is the
-    # checkpoint's training max_length, which may be shorter than the longest workload).
-    try:
-        takes_length = "max_length" in inspect.signature(export).parameters
-    except (TypeError, ValueError):
-        takes_length = False
-    extra = {"max_length": max_length} if takes_length else {}
-    try:
-        export(model_dir, bundle, dtype=dtype, **extra)
-        meta = json.loads((bundle / "tinyfast.json").read_text())
-        runtime = tinyfast.Runtime.load(bundle, threads=threads)
-    except Exception as exc:  # the runtime is young: record what broke, run the others
-        return None, {"failed": f"{type(exc).__name__}: {exc}"}, None, None
-
-    def predict(texts: list[str], seq_len: int) -> Prediction:
-        res = runtime.predict(texts, speed=0.0, batch_size=len(texts))
-        return Prediction(
-            np.asarray(res.labels), np.asarray(res.probabilities), np.asarray(res.exit_layers)
-        )
-
-    settings = {
-        "bundle": f"tinyfast.export.export(model, out, dtype={dtype!r}"
-        + "".join(f", {k}={v!r}" for k, v in extra.items())
-        + ")",
-        "bundle_dir": recorded_path(bundle, work, "<WORK>"),
-        "quantization": meta.get("quantization"),
-        "max_length": meta.get("max_length"),
-        "exits": meta.get("exits", []),
-        "speed": 0.0,
-        "threads": threads,
-        "tokenizer": "the runtime's own (bundle tokenizer.json)",
-        "bundle_bytes": sum(p.stat().st_size for p in bundle.iterdir() if p.is_file()),
-    }
-    if hasattr(tinyfast, "cpu_capabilities"):
-        settings["kernel"] = tinyfast.cpu_capabilities().get("best_kernel")
-    return Contender(name, predict, settings, bundle), {"settings": settings}, runtime, meta
-
-
 # ---------------------------------------------------------------------------------------------
 # Measuring
-
-
-def predict_pool(contender: Contender, workload: Workload) -> Prediction:
-    """The contender's answers on the whole pool, in calls of the workload's batch size."""
-    calls = len(workload.texts) // workload.batch
-    parts = [contender.predict(workload.call_texts(k), workload.seq_len) for k in range(calls)]
-    exits = [p.exit_layers for p in parts]
-    return Prediction(
-        np.concatenate([p.labels for p in parts]),
-        np.concatenate([p.probabilities for p in parts]),
-        None if any(e is None for e in exits) else np.concatenate(exits),
-    )
-
-
-def time_round_robin(
-    contenders: Sequence[Contender], workload: Workload, warmup: int, repeats: int, calls: int
-) -> dict[str, list[float]]:
-    """Seconds per call for each contender; round r starts with contender r mod n."""
-    if not contenders:
-        return {}
-    for c in contenders:
-        for k in range(warmup):
-            c.predict(workload.call_texts(k), workload.seq_len)
-    samples: dict[str, list[float]] = {c.name: [] for c in contenders}
-    served = dict.fromkeys(samples, 0)  # each contender sees the same sequence of batches
-    # The collector stays off while a contender runs. Freezing the objects alive now (models,
-    # torch, transformers: millions) keeps the collections between blocks cheap.
-    gc.collect()
-    gc.freeze()
-    try:
-        for r in range(repeats):
-            n = len(contenders)
-            for c in list(contenders[r % n :]) + list(contenders[: r % n]):
-                gc.collect()
-                gc.disable()
-                try:
-                    for _ in range(calls):
-                        texts = workload.call_texts(served[c.name])
-                        served[c.name] += 1
-                        start = time.perf_counter()
-                        c.predict(texts, workload.seq_len)
-                        samples[c.name].append(time.perf_counter() - start)
-                finally:
-                    gc.enable()
-    finally:
-        gc.unfreeze()
-    return samples
-
-
-def latency_stats(seconds: Sequence[float], rows_per_call: int, gop_per_call: float) -> dict:
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
-    mean = float(ms.mean())
-    return {
-        "calls": int(ms.size),
-        "latency_ms": {
-            "p50": p50,
-            "p90": p90,
-            "p99": p99,
-            "mean": mean,
-            "min": float(ms.min()),
-            "max": float(ms.max()),
-            "std": float(ms.std()),
-        },
-        "throughput_rows_per_s": rows_per_call * ms.size / (ms.sum() / 1e3),
-        "effective_gops": gop_per_call / (mean / 1e3),
-    }
-
-
-def agreement(pred: Prediction, ref: Prediction) -> dict[str, Any]:
-    return {
-        "rows": int(ref.labels.size),
-        "label_agreement": float(np.mean(pred.labels == ref.labels)),
-        "max_abs_prob_diff": float(np.abs(pred.probabilities - ref.probabilities).max()),
-    }
-
-
-def ratios_vs(results: dict[str, dict], baseline: str) -> dict[str, Any]:
-    base = results.get(baseline, {})
-    if "latency_ms" not in base:
-        return {"skipped": f"{baseline} has no numbers in this run"}
-    out = {}
-    for name, res in results.items():
-        if "latency_ms" in res:
-            out[name] = {
-                stat: res["latency_ms"][stat] / base["latency_ms"][stat] for stat in ("p50", "mean")
-            }
-    return out
 
 
 def goal_summary(workloads: dict[str, dict], target: float) -> dict[str, Any]:
@@ -663,16 +209,7 @@ def measure_early_exit(
     speeds = sorted({0.0, *speeds})  # speed 0 (no exit) first: the base of every comparison
     num_layers = meta["architecture"]["num_layers"]
 
-    def at_speed(speed: float) -> Contender:
-        def predict(texts: list[str], seq_len: int) -> Prediction:
-            res = runtime.predict(texts, speed=speed, batch_size=len(texts))
-            return Prediction(
-                np.asarray(res.labels), np.asarray(res.probabilities), np.asarray(res.exit_layers)
-            )
-
-        return Contender(f"speed={speed:g}", predict)
-
-    variants = [at_speed(s) for s in speeds]
+    variants = [runtime_contender(f"speed={s:g}", runtime, s) for s in speeds]
     record: dict[str, Any] = {
         "exits": exits,
         "num_layers": num_layers,
@@ -800,7 +337,7 @@ def cls_states(
 
     parts: dict[int, list[np.ndarray]] = {k: [] for k in layers}
     for start in range(0, len(texts), 32):
-        enc = _hf_encode(tokenizer, list(texts[start : start + 32]), seq_len, "pt")
+        enc = hf_encoder(tokenizer, "pt")(list(texts[start : start + 32]), seq_len)
         with torch.inference_mode():
             hidden = model(**enc, output_hidden_states=True).hidden_states
         for k in layers:
@@ -880,16 +417,6 @@ class ForcedBundles:
     def discard(self, path: Path) -> None:
         self.written = {k: v for k, v in self.written.items() if v != path}
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _runtime_contender(name: str, runtime: Any, speed: float) -> Contender:
-    def predict(texts: list[str], seq_len: int) -> Prediction:
-        res = runtime.predict(texts, speed=speed, batch_size=len(texts))
-        return Prediction(
-            np.asarray(res.labels), np.asarray(res.probabilities), np.asarray(res.exit_layers)
-        )
-
-    return Contender(name, predict, {"speed": speed})
 
 
 def _slab_branch(
@@ -1117,7 +644,7 @@ def measure_forced_exit(
             if path not in runtimes:
                 runtimes[path] = tinyfast.Runtime.load(path, threads=args.threads)
             speed_s = 0.0 if s.baseline else speed
-            variants.append(_runtime_contender(s.name, runtimes[path], speed_s))
+            variants.append(runtime_contender(s.name, runtimes[path], speed_s))
         preds = {v.name: predict_pool(v, wl) for v in variants}
         samples = time_round_robin(variants, wl, args.warmup, args.repeats, args.calls)
         base = np.asarray(samples[FORCED_BASELINE])
@@ -1184,43 +711,7 @@ def forced_goal(results: dict[str, dict[str, Any]], batches: dict[str, int]) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# Machine and report
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    fields: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())  # the first core's values
-    cpu = fields.get("model name") or platform.processor() or "unknown"
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
-    flags = [f for f in fields.get("flags", "").split() if f in wanted]
-    info: dict[str, Any] = {
-        "cpu_model": cpu,
-        "cpu_flags": flags,
-        "logical_cores": os.cpu_count(),
-        "threads_used": threads,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-    if hasattr(os, "sched_getaffinity"):
-        info["cores_available"] = len(os.sched_getaffinity(0))
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = list(os.getloadavg())
-    versions = {}
-    for module in ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            versions[module] = None
-    import tinyfast
-
-    versions["tinyfast"] = getattr(tinyfast, "__version__", None)
-    info["versions"] = versions
-    if hasattr(tinyfast, "cpu_capabilities"):
-        info["tinyfast_cpu_capabilities"] = tinyfast.cpu_capabilities()
-    return info
+# Report
 
 
 def print_table(report: dict[str, Any], stream: Any = sys.stdout) -> None:
@@ -1329,7 +820,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--contenders",
         default=",".join(CONTENDERS),
-        help=f"comma-separated subset of {','.join(CONTENDERS)}",
+        help=f"comma-separated subset of {','.join(CONTENDERS + OPTIONAL)} (default: all but "
+        f"{','.join(OPTIONAL)})",
     )
     p.add_argument(
         "--goal",
@@ -1357,7 +849,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = sorted(set(args.contenders) - set(CONTENDERS))
+    unknown = sorted(set(args.contenders) - set(CONTENDERS + OPTIONAL))
     if unknown or REFERENCE not in args.contenders:
         p.error(
             f"--contenders: unknown {unknown}"
@@ -1371,27 +863,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _set_threads(threads: int) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(threads)
-    interop = "unchanged (already set in this process)"
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(1)
-        interop = 1
-    # The tokenizers library (HF tokenizer and the runtime's) parallelises batches with rayon.
-    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
-    return {
-        "torch_num_threads": torch.get_num_threads(),
-        "torch_interop_threads": interop,
-        "RAYON_NUM_THREADS": os.environ["RAYON_NUM_THREADS"],
-        "ort_intra_op_num_threads": threads,
-        "tinyfast_threads": threads,
-    }
-
-
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    threads = _set_threads(args.threads)
+    threads = set_threads(args.threads)
     import transformers
     from transformers import AutoConfig
 
@@ -1427,7 +900,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         )
     }
 
-    source, source_desc = load_source_texts(args.texts, args.text_column, args.seed)
+    source, source_desc = load_source_texts(args.texts, args.text_column, args.seed,
+                                            recorded_path)
     workloads = []
     for batch, seq in args.workloads:
         rows = max(batch, args.pool // batch * batch)
@@ -1445,16 +919,23 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for name, dtype in (("tinyfast_int8", "int8"), ("tinyfast_f32", "f32")):
         if name not in args.contenders:
             continue
-        c, rec, rt, meta = tinyfast_contender(name, model_dir, work, dtype, args.threads, max_seq)
+        c, rec, rt, meta = tinyfast_contender(name, model_dir, work, dtype, args.threads, max_seq,
+                                              lambda p: recorded_path(p, work, "<WORK>"))
         records[name] = rec
         if c is not None:
             contenders.append(c)
         if name == "tinyfast_int8":
             runtime, bundle_meta = rt, meta
             exit_skip = rec.get("skipped") or rec.get("failed")
+    if "openvino_int8" in args.contenders:
+        c, records["openvino_int8"] = openvino_contender(
+            model_dir, tokenizer, workloads, work, args.threads
+        )
+        if c is not None:
+            contenders.append(c)
     for c in contenders:
         records[c.name] = {"settings": c.settings}
-    ordered = {n: records[n] for n in CONTENDERS if n in records}
+    ordered = {n: records[n] for n in (*CONTENDERS, *OPTIONAL) if n in records}
 
     report_workloads: dict[str, dict[str, Any]] = {}
     for wl in workloads:
@@ -1472,7 +953,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             try:
                 preds[c.name] = predict_pool(c, wl)
             except Exception as exc:
-                if not c.name.startswith("tinyfast"):
+                if not c.name.startswith("tinyfast") and c.name not in OPTIONAL:
                     raise
                 results[c.name] = {"failed": f"{type(exc).__name__}: {exc}"}
                 runnable.remove(c)
@@ -1555,6 +1036,44 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def openvino_contender(
+    model_dir: Path, tokenizer: Any, workloads: Sequence[Workload], work: Path, threads: int
+) -> tuple[Contender | None, dict[str, Any]]:
+    """OpenVINO int8 at static shapes: one IR per sequence length, quantized by NNCF on the
+    texts of the workloads of that length (each row padded to it, as they tokenize exactly to
+    it), compiled per batch size on its first (untimed) call."""
+    reason = openvino_missing()
+    if reason:
+        return None, {"skipped": reason}
+    encode = hf_encoder(tokenizer, "np", static=True)
+    try:
+        fp32 = work / "openvino-fp32.onnx"
+        _, names, export = export_onnx(model_dir, tokenizer, fp32)
+        engines, prepared = {}, {}
+        for seq in sorted({wl.seq_len for wl in workloads}):
+            pools = (wl.texts for wl in workloads if wl.seq_len == seq)
+            texts = list(dict.fromkeys(t for pool in pools for t in pool))
+            calibration = [encode([t], seq) for t in texts]
+            xml = work / f"openvino_int8_s{seq}.xml"
+            prepared[f"s{seq}"] = quantize_openvino(fp32, names, calibration, seq, xml)
+            engines[seq] = openvino_predict(OpenVINOEngine(xml, threads), encode)
+    except Exception as exc:  # an optional peer: record what broke, run the others
+        return None, {"failed": f"{type(exc).__name__}: {exc}"}
+
+    def predict(texts: list[str], seq_len: int) -> Prediction:
+        return engines[seq_len](texts, seq_len)
+
+    settings = {
+        "export": export,
+        "per_sequence_length": prepared,
+        "compile_config": compile_config(threads),
+        "static_shapes": "[batch, seq] of each workload; calibration at [1, seq] on the "
+        "workload's texts",
+        "tokenizer": "HF fast tokenizer, padding=max_length (seq), truncation",
+    }
+    return Contender("openvino_int8", predict, settings), {"settings": settings}
+
+
 def _tinyfast_skip(c: Contender, wl: Workload) -> str | None:
     """Why a tinyfast bundle cannot do the same work as the peers on ``wl``, if it cannot."""
     if not c.name.startswith("tinyfast"):
@@ -1585,6 +1104,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with tempfile.TemporaryDirectory(prefix="tinyfast-speed-") as tmp:
                 report = run(args, Path(tmp))
+    except TinyfastError as exc:  # texts that cannot be built, a bad file: one line
+        raise SystemExit(f"runtime_speed: {exc}") from None
     finally:  # main() may run inside a longer process (tests): leave its environment as it was
         if rayon_before is None:
             os.environ.pop("RAYON_NUM_THREADS", None)

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"distill", "finetune", "selfdistill", "augment"},  # trainers: never one importing another
     {"export"},
+    {"bench"},  # the peer-comparison harness: exports bundles, runs every engine
     {"pipeline"},
     {"cli", "__main__"},
 ]

@@ -17,12 +17,11 @@ pytest.importorskip("torch")
 
 from safetensors.torch import load_file  # noqa: E402
 
+from test_cli import one_error_line  # noqa: E402
 from tinyfast import cli  # noqa: E402
 from tinyfast.errors import ConfigError  # noqa: E402
 from tinyfast.pipeline.recipe import DEFAULTS, Recipe, load_recipe  # noqa: E402
 from tinyfast.pipeline.runner import run_pipeline  # noqa: E402
-
-from test_cli import one_error_line  # noqa: E402
 
 
 def tiny_recipe(student_json: Path, **changes: dict) -> dict:

@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from tinyfast.cli import bench as bench_cli
 from tinyfast.cli import evaluate as evaluate_cli
 from tinyfast.cli import export as export_cli
 from tinyfast.cli import pipeline as pipeline_cli
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cli.add_command(sub)
     pipeline_cli.add_command(sub)
     export_cli.add_export_command(sub)
+    bench_cli.add_command(sub)
     return parser
 
 
