@@ -357,7 +357,7 @@ fn fastbert_logits(
     // h = tanh(x @ dense_in^T + b) on every token.
     fb.dense_in
         .forward(&ws.x[..t * h], t, &mut ws.bh[..t * w], isa);
-    par_map_rows(&mut ws.bh[..t * w], w, tanh_in_place);
+    par_map_rows(&mut ws.bh[..t * w], w, |rows| tanh_in_place(isa, rows));
     // Self-attention: keys and values of every token, the query of [CLS] only (the branch
     // reads nothing but h[CLS] afterwards).
     fb.key.forward(&ws.bh[..t * w], t, &mut ws.bk[..t * w], isa);
@@ -388,7 +388,7 @@ fn fastbert_logits(
     // c = tanh(h[CLS] @ dense^T + b); logits = c @ classifier^T + b.
     fb.dense
         .forward(&ws.cls_b[..b * w], b, &mut ws.cls_a[..b * w], isa);
-    tanh_in_place(&mut ws.cls_a[..b * w]);
+    tanh_in_place(isa, &mut ws.cls_a[..b * w]);
     fb.classifier
         .forward(&ws.cls_a[..b * w], b, &mut ws.logits, isa);
 }
@@ -401,7 +401,7 @@ fn head_logits(model: &ModelWeights, ws: &mut Workspace, b: usize, isa: Isa) {
         .head
         .pooler
         .forward(&ws.xc[..b * h], b, &mut ws.cls_b[..b * h], isa);
-    tanh_in_place(&mut ws.cls_b[..b * h]);
+    tanh_in_place(isa, &mut ws.cls_b[..b * h]);
     model
         .head
         .classifier

@@ -42,6 +42,23 @@ pub(crate) unsafe trait F32Lanes {
     unsafe fn exp2(x: Self::V) -> Self::V;
     /// [`vmath::gelu`] (with fused multiply-adds) of every lane.
     unsafe fn gelu(x: Self::V) -> Self::V;
+    /// [`vmath::tanh`] of every lane, with the same bits.
+    #[inline(always)]
+    unsafe fn tanh(x: Self::V) -> Self::V {
+        // The scalar's steps: clamp to [-9, 9] (min as -max(-x)), e = exp2(2x / ln 2),
+        // (e - 1) / (e + 1) (e * 1 - 1 is one rounding of e - 1).
+        unsafe {
+            let neg = Self::splat(-1.0);
+            let lo = Self::splat(-vmath::TANH_CLAMP);
+            let x = Self::max(x, lo);
+            let x = Self::mul(Self::max(Self::mul(x, neg), lo), neg);
+            let e = Self::exp2(Self::mul(x, Self::splat(vmath::TANH_EXP2)));
+            Self::div(
+                Self::fmadd(e, Self::splat(1.0), neg),
+                Self::add(e, Self::splat(1.0)),
+            )
+        }
+    }
     /// Offsets `min(l, rows - 1) * stride` for lane `l` (`1 <= rows`, `LANES * stride` within
     /// `i32`): lanes past `rows` repeat the last row.
     unsafe fn row_offsets(stride: usize, rows: usize) -> Self::Offsets;

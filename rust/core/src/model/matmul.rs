@@ -2,19 +2,22 @@
 //!
 //! # Determinism
 //! Every output element is computed the same way whatever the number of rows, the row tiling or the
-//! thread split: `acc = 0; for k in 0..K { acc = acc + x[t, k] * w[o, k] }; y = acc + b[o]`, with
-//! separate multiply and add (Rust never contracts them into an FMA). So a row's result does not
-//! depend on which other rows share the call, which is what makes batched results equal
-//! batch-size-1 results bit for bit. The AVX2 build of the kernel (used at the AVX2 and AVX-512
-//! levels of [`Isa`]) is the same source compiled with wider vectors; it vectorizes across output
-//! channels only, never across K, so every level rounds identically.
+//! thread split: `acc = 0; for k in 0..K { acc = fma(x[t, k], w[o, k], acc) }; y = acc + b[o]`,
+//! one fused multiply-add per step (`f32::mul_add`). So a row's result does not depend on which
+//! other rows share the call, which is what makes batched results equal batch-size-1 results bit
+//! for bit. The AVX2 and AVX-512 builds of the kernel are the same source compiled with wider
+//! vectors and hardware FMA; they vectorize across output channels only, never across K, and the
+//! portable build computes the same fused operation in software (slower, see `vmath`), so every
+//! level rounds identically. Fused rather than separate multiply and add: one instruction instead
+//! of two per step, which is what the exit branches (f32, reading every token) spend their time
+//! on.
 //!
 //! # Layout and blocking
 //! The weights are packed at load into panels of [`NR`] output channels: panel `p` holds, for each
-//! `k`, the 16 weights `w[16 p .. 16 p + 16, k]` contiguously (zero-padded past `n`). The kernel
-//! walks panels in the outer loop and tiles of `MR` = 4 rows inside, so one panel (`16 K` floats, at
-//! most 4 MiB for the largest K, 77 KiB at K = 1200) stays in cache while the rows stream past it,
-//! and a 4 x 16 tile of accumulators stays in registers.
+//! `k`, the 16 weights `w[16 p .. 16 p + 16, k]` contiguously (zero-padded past `n`). The kernels
+//! walk panels in the outer loop and tiles of rows inside (8 with AVX-512, 4 with AVX2), so one
+//! panel (`16 K` floats, at most 4 MiB for the largest K, 77 KiB at K = 1200) stays in cache while
+//! the rows stream past it, and a tile of accumulators stays in registers.
 
 use rayon::prelude::*;
 
@@ -22,8 +25,6 @@ use crate::cpu::{Isa, KernelKind};
 
 /// Output channels per packed panel.
 pub const NR: usize = 16;
-/// Rows per register tile.
-const MR: usize = 4;
 /// Below this many multiply-adds a call runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
@@ -107,68 +108,118 @@ impl F32Linear {
             return;
         }
         match isa.kind() {
-            // SAFETY: `isa` proves the CPU has AVX2 (both levels include it), the only feature
-            // `kernel_avx2` is compiled for.
+            // SAFETY: `isa` proves the CPU has AVX-512F and FMA (the AVX-512 level includes them),
+            // the features `kernel_avx512` is compiled for.
             #[cfg(target_arch = "x86_64")]
-            KernelKind::Avx2 | KernelKind::Avx512Vnni => unsafe { kernel_avx2(self, x, rows, out) },
+            KernelKind::Avx512Vnni => unsafe { kernel_avx512(self, x, rows, out) },
+            // SAFETY: `isa` proves the CPU has AVX2 and FMA, the features `kernel_avx2` needs.
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx2 => unsafe { kernel_avx2(self, x, rows, out) },
             _ => kernel(self, x, rows, out),
         }
     }
 }
 
+/// The AVX2 kernel: each panel row of 16 weights is two 256-bit vectors, and a tile of 4 rows
+/// keeps 8 accumulators in registers; one `vfmadd` per 8 multiply-adds.
+///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn kernel_avx2(w: &F32Linear, x: &[f32], rows: usize, out: &mut [f32]) {
-    kernel(w, x, rows, out);
+    use std::arch::x86_64::*;
+    const TILE: usize = 4;
+    let (n, k) = (w.n, w.k);
+    for (p, panel) in w.panels.chunks_exact(k * NR).enumerate() {
+        let o0 = p * NR;
+        let mut t = 0;
+        while t < rows {
+            let tile = TILE.min(rows - t);
+            let mut lo = [_mm256_setzero_ps(); TILE];
+            let mut hi = [_mm256_setzero_ps(); TILE];
+            for kk in 0..k {
+                // SAFETY: `kk < k`, and a panel holds `k * NR` floats.
+                let wp = panel.as_ptr().add(kk * NR);
+                let (wlo, whi) = (_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8)));
+                for r in 0..tile {
+                    let v = _mm256_set1_ps(x[(t + r) * k + kk]);
+                    lo[r] = _mm256_fmadd_ps(v, wlo, lo[r]);
+                    hi[r] = _mm256_fmadd_ps(v, whi, hi[r]);
+                }
+            }
+            for r in 0..tile {
+                let mut acc = [0f32; NR];
+                // SAFETY: `acc` holds 16 floats.
+                _mm256_storeu_ps(acc.as_mut_ptr(), lo[r]);
+                _mm256_storeu_ps(acc.as_mut_ptr().add(8), hi[r]);
+                store_row(w, &acc, o0, &mut out[(t + r) * n..(t + r + 1) * n]);
+            }
+            t += tile;
+        }
+    }
 }
 
+/// The AVX-512 kernel: a panel row of 16 weights is one 512-bit vector, and a tile of 8 rows keeps
+/// 8 independent accumulators in flight; one `vfmadd` per 16 multiply-adds.
+///
+/// # Safety
+/// The CPU must support AVX-512F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn kernel_avx512(w: &F32Linear, x: &[f32], rows: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const TILE: usize = 8;
+    let (n, k) = (w.n, w.k);
+    for (p, panel) in w.panels.chunks_exact(k * NR).enumerate() {
+        let o0 = p * NR;
+        let mut t = 0;
+        while t < rows {
+            let tile = TILE.min(rows - t);
+            let mut acc = [_mm512_setzero_ps(); TILE];
+            for kk in 0..k {
+                // SAFETY: `kk < k`, and a panel holds `k * NR` floats.
+                let wv = _mm512_loadu_ps(panel.as_ptr().add(kk * NR));
+                for r in 0..tile {
+                    let v = _mm512_set1_ps(x[(t + r) * k + kk]);
+                    acc[r] = _mm512_fmadd_ps(v, wv, acc[r]);
+                }
+            }
+            for (r, &a) in acc.iter().enumerate().take(tile) {
+                let mut lanes = [0f32; NR];
+                // SAFETY: `lanes` holds 16 floats.
+                _mm512_storeu_ps(lanes.as_mut_ptr(), a);
+                store_row(w, &lanes, o0, &mut out[(t + r) * n..(t + r + 1) * n]);
+            }
+            t += tile;
+        }
+    }
+}
+
+/// `out[o0 + j] = acc[j] + b[o0 + j]` for the panel's valid output channels.
 #[inline(always)]
+fn store_row(w: &F32Linear, acc: &[f32; NR], o0: usize, out_row: &mut [f32]) {
+    let valid = NR.min(w.n - o0);
+    let dst = &mut out_row[o0..o0 + valid];
+    for ((d, &a), &b) in dst.iter_mut().zip(acc).zip(&w.bias[o0..o0 + valid]) {
+        *d = a + b;
+    }
+}
+
+/// The portable kernel: the same fused multiply-add per step in scalar code (a software `fma` on
+/// targets without one in their baseline: slow, but the same bits as the vector kernels).
 fn kernel(w: &F32Linear, x: &[f32], rows: usize, out: &mut [f32]) {
     let (n, k) = (w.n, w.k);
     for (p, panel) in w.panels.chunks_exact(k * NR).enumerate() {
         let o0 = p * NR;
-        let valid = NR.min(n - o0);
-        let bias = &w.bias[o0..o0 + valid];
-        let mut t = 0;
-        while t + MR <= rows {
-            let a0 = &x[t * k..(t + 1) * k];
-            let a1 = &x[(t + 1) * k..(t + 2) * k];
-            let a2 = &x[(t + 2) * k..(t + 3) * k];
-            let a3 = &x[(t + 3) * k..(t + 4) * k];
-            let mut acc = [[0f32; NR]; MR];
-            for ((((wk, &v0), &v1), &v2), &v3) in
-                panel.chunks_exact(NR).zip(a0).zip(a1).zip(a2).zip(a3)
-            {
-                for j in 0..NR {
-                    acc[0][j] += v0 * wk[j];
-                    acc[1][j] += v1 * wk[j];
-                    acc[2][j] += v2 * wk[j];
-                    acc[3][j] += v3 * wk[j];
-                }
-            }
-            for (r, acc_r) in acc.iter().enumerate() {
-                let dst = &mut out[(t + r) * n + o0..(t + r) * n + o0 + valid];
-                for ((d, &a), &b) in dst.iter_mut().zip(acc_r).zip(bias) {
-                    *d = a + b;
-                }
-            }
-            t += MR;
-        }
-        while t < rows {
-            let a = &x[t * k..(t + 1) * k];
+        for t in 0..rows {
             let mut acc = [0f32; NR];
-            for (wk, &v) in panel.chunks_exact(NR).zip(a) {
+            for (wk, &v) in panel.chunks_exact(NR).zip(&x[t * k..(t + 1) * k]) {
                 for j in 0..NR {
-                    acc[j] += v * wk[j];
+                    acc[j] = v.mul_add(wk[j], acc[j]);
                 }
             }
-            let dst = &mut out[t * n + o0..t * n + o0 + valid];
-            for ((d, &a), &b) in dst.iter_mut().zip(&acc).zip(bias) {
-                *d = a + b;
-            }
-            t += 1;
+            store_row(w, &acc, o0, &mut out[t * n..(t + 1) * n]);
         }
     }
 }
@@ -184,7 +235,7 @@ mod tests {
             for o in 0..n {
                 let mut acc = 0f32;
                 for kk in 0..k {
-                    acc += x[t * k + kk] * w[o * k + kk];
+                    acc = x[t * k + kk].mul_add(w[o * k + kk], acc);
                 }
                 out[t * n + o] = acc + b[o];
             }

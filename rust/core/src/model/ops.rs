@@ -172,11 +172,55 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (C * (x + 0.044715 * (x * x * x))).tanh())
 }
 
-/// `tanh` in place.
-#[inline(never)]
-pub fn tanh_in_place(x: &mut [f32]) {
-    for v in x {
-        *v = v.tanh();
+/// [`vmath::tanh`] in place; every level gives the same bits.
+pub fn tanh_in_place(isa: Isa, x: &mut [f32]) {
+    match isa.kind() {
+        // SAFETY: `isa` proves the CPU has AVX-512F, which `tanh_in_place_avx512` needs.
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx512Vnni => unsafe { tanh_in_place_avx512(x) },
+        // SAFETY: `isa` proves the CPU has AVX2 and FMA, which `tanh_in_place_avx2` needs.
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx2 => unsafe { tanh_in_place_avx2(x) },
+        _ => {
+            for v in x {
+                *v = vmath::tanh(*v);
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tanh_in_place_avx2(x: &mut [f32]) {
+    // SAFETY: AVX2 and FMA are enabled, as `Avx2` requires.
+    unsafe { tanh_in_place_lanes::<Avx2>(x) }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tanh_in_place_avx512(x: &mut [f32]) {
+    // SAFETY: AVX-512F is enabled, as `Avx512` requires.
+    unsafe { tanh_in_place_lanes::<Avx512>(x) }
+}
+
+/// Whole vectors of `L::LANES` values, then the scalar twin (the same bits) for the rest.
+///
+/// # Safety
+/// The CPU must have `L`'s features, and this must be inlined into a function compiled with them.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tanh_in_place_lanes<L: F32Lanes>(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(L::LANES);
+    for c in &mut chunks {
+        // SAFETY: `L`'s features are enabled (caller); `c` holds one vector.
+        unsafe { L::store(c.as_mut_ptr(), L::tanh(L::load(c.as_ptr()))) };
+    }
+    for v in chunks.into_remainder() {
+        *v = vmath::tanh(*v);
     }
 }
 
@@ -335,6 +379,22 @@ mod tests {
                 let mut got = x.clone();
                 activation(isa, &mut got, Activation::GeluNew);
                 assert_eq!(bits(&got), bits(&want), "gelu_new {isa}");
+            }
+        }
+    }
+
+    /// tanh gives `vmath::tanh`'s bits at every level, saturated values included.
+    #[test]
+    fn tanh_levels_give_their_scalar_twins_bits() {
+        let mut rng = SplitMix64::new(41);
+        for len in [1, 7, 8, 15, 16, 17, 33, 1280] {
+            let mut x: Vec<f32> = (0..len).map(|_| rng.normal() * 3.0).collect();
+            x[0] = if len > 1 { -0.0 } else { 12.0 };
+            let want: Vec<f32> = x.iter().map(|&v| vmath::tanh(v)).collect();
+            for isa in Isa::available() {
+                let mut got = x.clone();
+                tanh_in_place(isa, &mut got);
+                assert_eq!(bits(&got), bits(&want), "{isa}, len {len}");
             }
         }
     }

@@ -1,5 +1,5 @@
-//! Branch-free f32 math for the forward pass's hot loops: `exp2` (attention softmax) and `erf`
-//! (GELU), each as a scalar function and AVX2 / AVX-512 functions that perform the same
+//! Branch-free f32 math for the forward pass's hot loops: `exp2` (attention softmax), `erf`
+//! (GELU) and `tanh` (exit branches and the pooler, built on `exp2`), each as a scalar function and AVX2 / AVX-512 functions that perform the same
 //! operations in the same order, so that every version gives the same bits and a vectorized loop
 //! may finish its tail with the scalar one. The polynomials' steps are fused multiply-adds when
 //! the scalar functions' `FMA` parameter says so; the vector versions always use them (they equal
@@ -207,6 +207,24 @@ pub unsafe fn gelu_avx512(x: __m512) -> __m512 {
     _mm512_mul_ps(_mm512_mul_ps(x, c(0.5)), _mm512_add_ps(c(1.0), e))
 }
 
+/// `tanh` saturates to +-1 in f32 beyond this (`1 - tanh(9) < 3e-8`).
+pub(crate) const TANH_CLAMP: f32 = 9.0;
+/// `2 / ln 2`: `e^(2x) = 2^(x * TANH_EXP2)`.
+pub(crate) const TANH_EXP2: f32 = 2.0 * std::f32::consts::LOG2_E;
+
+/// `tanh(x) = (e^(2x) - 1) / (e^(2x) + 1)` with [`exp2`] on `x` clamped to `[-9, 9]`: within
+/// 4e-7 of the true value (absolute; the subtraction loses relative accuracy near 0, where the
+/// result is small). The exit branches apply it to every token, where libm's `tanhf` call per
+/// value cost more than the branch's matrix products. The `F32Lanes` version
+/// (`lanes::tanh`) performs the same operations in the same order: the same bits.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    let x = if x < -TANH_CLAMP { -TANH_CLAMP } else { x };
+    let x = if x > TANH_CLAMP { TANH_CLAMP } else { x };
+    let e = exp2::<true>(x * TANH_EXP2);
+    (e - 1.0) / (e + 1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +250,23 @@ mod tests {
             assert_eq!(f(f32::NEG_INFINITY), 2f32.powi(-126), "{name}");
             assert!(f(1000.0).is_finite(), "{name}");
             assert!(f(f32::NAN).is_nan(), "{name}");
+        }
+    }
+
+    #[test]
+    fn tanh_is_within_4e7() {
+        let mut worst = 0f64;
+        for i in -1_200_000..=1_200_000 {
+            let x = i as f32 * 1e-5;
+            worst = worst.max((f64::from(tanh(x)) - f64::from(x).tanh()).abs());
+        }
+        assert!(worst <= 4e-7, "max |tanh - tanh64| = {worst}");
+        assert_eq!(tanh(0.0), 0.0);
+        for x in [9.5f32, 100.0, f32::MAX, f32::INFINITY] {
+            assert!(
+                (tanh(x) - 1.0).abs() <= 4e-7 && (tanh(-x) + 1.0).abs() <= 4e-7,
+                "{x}"
+            );
         }
     }
 
