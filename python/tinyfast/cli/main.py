@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from tinyfast.cli import augment as augment_cli
 from tinyfast.cli import bench as bench_cli
 from tinyfast.cli import evaluate as evaluate_cli
 from tinyfast.cli import export as export_cli
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
     train_cli.add_commands(sub)
     selfdistill_cli.add_command(sub)
+    augment_cli.add_commands(sub)
 
     demo = sub.add_parser("demo", help="generate a small task and run the whole flow on it",
                           description="Generates a small sentiment task, fine-tunes the packaged "

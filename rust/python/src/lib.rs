@@ -2,6 +2,7 @@
 //! [`runtime`] is the `Runtime` class, [`convert`] turns Python values into core inputs and core
 //! results into numpy arrays, [`errors`] maps core errors (and panics) to Python exceptions.
 
+mod augment;
 mod convert;
 mod errors;
 mod runtime;
@@ -33,5 +34,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", tinyfast_core::VERSION)?;
     m.add_function(wrap_pyfunction!(cpu_capabilities, m)?)?;
     m.add_class::<runtime::PyRuntime>()?;
+    augment::register(m)?;
     Ok(())
 }

@@ -1,0 +1,286 @@
+"""TinyBERT augmentation speed on SST-2 train: the official compute pattern against tinyfast, same
+masked LM and same word vectors, JSON out.
+
+- ``official``: a faithful reimplementation of the reference code's compute pattern, per
+  replaceable word: the sentence re-tokenized, a batch-1 forward of
+  ``[CLS] masked [SEP] sentence [SEP]`` with autograd on and logits at every position, a full
+  sort over the vocabulary; for words of several pieces a full sort of the word vectors'
+  similarities. Slow: it runs on the first ``--official-rows`` sentences.
+- ``word``: ``tinyfast augment`` masking one word per input (the same inputs as above, batched).
+- ``multi``: ``tinyfast augment`` masking several far-apart words per input.
+Each tinyfast mode runs in float32, and in bfloat16 where the CPU has it (``--dtype``).
+The Rust neighbour search is timed alone on 1 and 2 threads.
+
+The word vectors are a GloVe-format text file the bench writes: every whole-word token of the
+masked LM's vocabulary and every alphabetic word of the corpus and the task, each the mean of
+its word pieces' input embeddings.
+
+    python benches/augment_speed.py --mlm RUN/model --out benches/results/augment_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import recorded_path  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_vectors(tokenizer, embeddings: np.ndarray, texts: list[str], path: Path) -> int:
+    from tinyfast.augment.vocab import surface_words
+
+    words = {w for w in surface_words(tokenizer) if w.isalpha()}
+    for text in texts:
+        words.update(w for w in text.lower().split() if w.isalpha())
+    words = sorted(words)
+    ids = tokenizer(words, add_special_tokens=False)["input_ids"]
+    with open(path, "w", encoding="utf-8") as f:
+        for word, pieces in zip(words, ids, strict=True):
+            v = embeddings[pieces].mean(axis=0)
+            f.write(word + " " + " ".join(f"{x:.5f}" for x in v) + "\n")
+    return len(words)
+
+
+class Official:
+    """The reference implementation's compute pattern (see the module docs); candidates and
+    sampling follow it too, so its output is a real augmentation."""
+
+    def __init__(self, model, tokenizer, words: list[str], emb: np.ndarray, k: int, n: int,
+                 p: float) -> None:
+        from tinyfast import _native
+
+        self.model, self.tokenizer, self.k, self.n, self.p = model, tokenizer, k, n, p
+        self.emb_norm = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        self.vocab = {w: i for i, w in enumerate(words)}
+        self.words = words
+        # Word splitting and the stop-word rule as tinyfast has them (BERT's basic tokenizer and
+        # NLTK's list, as the reference): without a masked LM or vectors, every replaceable
+        # word is "missing" from the vectors.
+        self.rules = _native.Augmenter(0, 0.0, 1, 0, threads=1)
+
+    def replaceable(self, sentence: str) -> tuple[list[str], set[str]]:
+        plan = self.rules.plan([sentence])
+        return plan.tokens()[0], set(self.rules.missing_words(plan))
+
+    def masked_lm(self, sentence: str, word_pieces: list[str], mask_at: int) -> list[str]:
+        tok = self.tokenizer
+        text = ["[CLS]"] + tok.tokenize(sentence)
+        n_first = len(text)
+        pieces = word_pieces + ["[SEP]"] + text[1:] + ["[SEP]"]
+        pieces = pieces[:512]
+        ids = tok.convert_tokens_to_ids(pieces)
+        segments = [0] * (n_first + 1) + [1] * (len(pieces) - n_first - 1)
+        logits = self.model(torch.tensor([ids]), token_type_ids=torch.tensor([segments])).logits
+        best = torch.argsort(logits[0, mask_at], descending=True)[: self.k].tolist()
+        return [t for t in tok.convert_ids_to_tokens(best) if not t.startswith("##")]
+
+    def word_distance(self, word: str) -> list[str]:
+        if word not in self.vocab:
+            return []
+        i = self.vocab[word]
+        dist = self.emb_norm @ self.emb_norm[i]
+        dist[i] = -np.inf
+        return [self.words[j] for j in np.argsort(-dist)[: self.k]]
+
+    def word_augment(self, sentence: str, index: int, word: str) -> list[str]:
+        pieces = ["[CLS]"] + self.tokenizer.tokenize(sentence) + ["[SEP]"]
+        word_no, ids = -1, []
+        for i in range(1, len(pieces) - 1):
+            if not pieces[i].startswith("##"):
+                word_no += 1
+                if word_no < index:
+                    ids = []
+                elif word_no == index:
+                    ids = [i]
+                else:
+                    break
+            else:
+                ids.append(i)
+        if len(ids) == 1:
+            pieces[ids[0]] = "[MASK]"
+            found = self.masked_lm(sentence, pieces, ids[0])
+        else:
+            found = self.word_distance(word)
+        return found or [word]
+
+    def augment(self, sentence: str, rng: random.Random) -> list[str]:
+        tokens, replaceable = self.replaceable(sentence)
+        candidates = {i: self.word_augment(sentence, i, w) for i, w in enumerate(tokens)
+                      if w in replaceable}
+        out = [sentence]
+        for _ in range(self.n):
+            new = list(tokens)
+            for i, words in candidates.items():
+                choice = rng.choice(words)
+                if rng.random() < self.p:
+                    new[i] = choice
+            if " ".join(new) not in out:
+                out.append(" ".join(new))
+        return out
+
+
+def time_official(args, model, tokenizer, words: list[str], emb: np.ndarray,
+                  sentences: list[str]) -> dict[str, Any]:
+    official = Official(model, tokenizer, words, emb, args.k, args.n, args.p)
+    rng = random.Random(0)
+    model.train(False)
+    started = time.perf_counter()
+    rows = 0
+    for sentence in sentences:
+        official.augment(sentence, rng)
+        rows += 1
+    seconds = time.perf_counter() - started
+    return {"sentences": rows, "seconds": round(seconds, 2),
+            "sentences_per_s": round(rows / seconds, 3)}
+
+
+def time_tinyfast(args, data: Path, work: Path, mode: str, dtype: str, gap: int
+                  ) -> dict[str, Any]:
+    from tinyfast.augment import AugmentOptions, MaskedLMOptions, augment
+
+    out = work / f"aug-{mode}-{gap}-{dtype}.tsv"
+    load = os.getloadavg()[0]
+    summary = augment(data, out, options=AugmentOptions(n=args.n, p=args.p, k=args.k,
+                                                        seed=1, threads=args.threads),
+                      mlm=args.mlm, vectors=work / "vectors.txt", overwrite=True,
+                      mlm_options=MaskedLMOptions(mode=mode, context="pair", dtype=dtype,
+                                                  min_gap=gap, device="cpu"), progress=False)
+    return {"sentences": summary["rows"], "seconds": summary["seconds"],
+            "sentences_per_s": round(summary["rows"] / summary["seconds"], 3),
+            "masked_lm_words": summary["masked_lm_words"],
+            "vector_words": summary["vector_words"],
+            "masked_lm_forwards": summary["masked_lm_forwards"], "rows_out": summary["rows_out"],
+            "min_gap": gap if mode == "multi" else None, "load_average_before": round(load, 2)}
+
+
+def time_neighbours(work: Path, emb: np.ndarray, queries: int, k: int) -> dict[str, Any]:
+    from tinyfast.augment.word_vectors import load_vectors
+
+    vectors = load_vectors(work / "vectors.txt")
+    rng = np.random.default_rng(0)
+    probe = emb[rng.choice(len(emb), size=queries, replace=False)]
+    result: dict[str, Any] = {"index_words": len(vectors), "dim": vectors.dim,
+                              "queries": queries, "k": k}
+    result["load_average_before"] = round(os.getloadavg()[0], 2)
+    for threads in (1, 2):
+        best, cpu = float("inf"), float("inf")
+        for _ in range(3):
+            t, c = time.perf_counter(), time.process_time()
+            vectors.nearest(probe, k, threads=threads)
+            best = min(best, time.perf_counter() - t)
+            cpu = min(cpu, time.process_time() - c)
+        result[f"seconds_{threads}_thread"] = round(best, 4)
+        # CPU seconds of all threads: equal on 1 and 2 threads means the split adds no work, and
+        # cpu / wall is how many cores the run actually got.
+        result[f"cpu_seconds_{threads}_thread"] = round(cpu, 4)
+        result[f"queries_per_s_{threads}_thread"] = round(queries / best, 1)
+    result["scaling_1_to_2_threads"] = round(result["seconds_1_thread"] /
+                                             result["seconds_2_thread"], 3)
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mlm", required=True, help="masked-LM checkpoint (fit-mlm-head's OUT/model)")
+    ap.add_argument("--data", default=str(SHARED / "sst2" / "train.tsv"))
+    ap.add_argument("--corpus", default=str(SHARED / "corpus" / "movie_reviews.txt"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work-dir", default="bench-augment")
+    ap.add_argument("--official-rows", type=int, default=100)
+    ap.add_argument("--rows", type=int, default=1000, help="sentences for the tinyfast modes")
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--p", type=float, default=0.4)
+    ap.add_argument("--k", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2, help="Rust and torch threads")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--min-gaps", default="3,1",
+                    help="multi mode's --min-gap values (3 is the default of tinyfast augment)")
+    ap.add_argument("--neighbour-queries", type=int, default=4000)
+    ap.add_argument("--neighbours-only", action="store_true",
+                    help="time the neighbour search alone (no masked LM timing)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from tinyfast.augment.masked_lm import load_masked_lm
+    from tinyfast.augment.word_vectors import input_embeddings
+
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_masked_lm(args.mlm)
+    lines = Path(args.data).read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], lines[1:]
+    sentences = [r.split("\t")[header.split("\t").index("sentence")] for r in rows]
+    corpus = Path(args.corpus).read_text(encoding="utf-8").splitlines()
+    n_words = write_vectors(tokenizer, input_embeddings(model), corpus + sentences,
+                            work / "vectors.txt")
+    words, vectors = [], []
+    with open(work / "vectors.txt", encoding="utf-8") as f:
+        for line in f:
+            parts = line.rstrip().split(" ")
+            words.append(parts[0])
+            vectors.append(np.array(parts[1:], dtype=np.float32))
+    emb = np.stack(vectors)
+    sample = work / "sample.tsv"
+    sample.write_text("\n".join([header, *rows[: args.rows]]) + "\n", encoding="utf-8")
+
+    result: dict[str, Any] = {
+        "bench": "augment_speed", "date": datetime.date.today().isoformat(),
+        "machine": {"cpu": platform.processor() or platform.machine(),
+                    "threads": args.threads, "torch": torch.__version__},
+        "data": recorded_path(args.data), "masked_lm": recorded_path(args.mlm, work, "<WORK>"),
+        "vectors": {"words": n_words, "dim": int(emb.shape[1]),
+                    "source": "mean word-piece input embeddings of the masked LM"},
+        "settings": {"n": args.n, "p": args.p, "k": args.k, "context": "pair"},
+        "note": (f"official timed on the first {args.official_rows} sentences of the train "
+                 f"file, tinyfast on the first {args.rows}. The machine's 2 cores were shared "
+                 "with other jobs (load_average_before: the 1-minute load when a measurement "
+                 "started; above 2, every thread waits for a core), so absolute rates vary "
+                 "between runs and the 1-to-2-thread scaling is only meaningful on idle cores"),
+    }
+    print("neighbour search ...", file=sys.stderr)
+    result["neighbour_search"] = time_neighbours(work, emb, args.neighbour_queries,
+                                                 args.k + 4)
+    if args.neighbours_only:
+        result = {k: result[k] for k in ("bench", "date", "machine", "vectors")} | {
+            "neighbour_search": result["neighbour_search"]}
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        print(json.dumps(result, indent=1))
+        return 0
+    modes: dict[str, Any] = {}
+    runs = [("word", 1)] + [("multi", int(g)) for g in args.min_gaps.split(",")]
+    for dtype in args.dtypes.split(","):
+        for mode, gap in runs:
+            name = f"{mode}_{dtype}" if mode == "word" or gap == 3 else f"{mode}_gap{gap}_{dtype}"
+            print(f"tinyfast {name} ...", file=sys.stderr)
+            modes[name] = time_tinyfast(args, sample, work, mode, dtype, gap)
+    print("official ...", file=sys.stderr)
+    load_before_official = round(os.getloadavg()[0], 2)
+    official = time_official(args, model, tokenizer, words, emb, sentences[: args.official_rows])
+    official["load_average_before"] = load_before_official
+    result["official"] = official
+    result["tinyfast"] = modes
+    result["speedup_over_official"] = {
+        name: round(m["sentences_per_s"] / official["sentences_per_s"], 1)
+        for name, m in modes.items()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

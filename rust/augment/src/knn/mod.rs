@@ -1,0 +1,158 @@
+//! Exact nearest neighbours by cosine similarity: every query against every row of an index of
+//! unit vectors, K best kept per query.
+//!
+//! The work is cut into tasks of ([`QUERY_BLOCK`] queries) x (a stripe of [`STRIPE_ROWS`] rows),
+//! run on the caller's rayon pool; each task keeps its own [`TopK`] per query and the stripes'
+//! results are merged in a fixed order. Tasks, kernel sums and the merge order do not depend on
+//! the number of threads, so neither do the results.
+
+mod kernel;
+mod topk;
+
+use rayon::prelude::*;
+
+pub use kernel::{Kernel, LANES, QUERY_BLOCK};
+pub use topk::TopK;
+
+/// Rows per task: large enough to amortize a task, small enough that a few queries still make
+/// work for every thread on a large index.
+pub const STRIPE_ROWS: usize = 8192;
+
+/// `vectors` holds `vectors.len() / dim` rows of `dim` floats (`dim` a multiple of [`LANES`]);
+/// `queries` holds queries the same way. Returns, per query, up to `k` (row, score) pairs best
+/// first, never the row `exclude[q]`.
+pub fn search(
+    vectors: &[f32],
+    dim: usize,
+    queries: &[f32],
+    exclude: &[Option<u32>],
+    k: usize,
+    kernel: Kernel,
+) -> Vec<Vec<(u32, f32)>> {
+    assert!(
+        dim > 0 && dim.is_multiple_of(LANES),
+        "dim must be a multiple of LANES"
+    );
+    assert_eq!(vectors.len() % dim, 0);
+    assert_eq!(queries.len() % dim, 0);
+    let n_queries = queries.len() / dim;
+    assert_eq!(exclude.len(), n_queries);
+    let n_rows = vectors.len() / dim;
+    let n_blocks = n_queries.div_ceil(QUERY_BLOCK);
+    let n_stripes = n_rows.div_ceil(STRIPE_ROWS).max(1);
+
+    // The last block is padded with zero queries, whose results are dropped.
+    let mut padded = queries.to_vec();
+    padded.resize(n_blocks * QUERY_BLOCK * dim, 0.0);
+
+    let partial: Vec<Vec<TopK>> = (0..n_blocks * n_stripes)
+        .into_par_iter()
+        .map(|task| {
+            let (block, stripe) = (task / n_stripes, task % n_stripes);
+            let block_queries = &padded[block * QUERY_BLOCK * dim..(block + 1) * QUERY_BLOCK * dim];
+            let rows = stripe * STRIPE_ROWS..((stripe + 1) * STRIPE_ROWS).min(n_rows);
+            let skip: Vec<Option<u32>> = (0..QUERY_BLOCK)
+                .map(|q| exclude.get(block * QUERY_BLOCK + q).copied().flatten())
+                .collect();
+            scan(vectors, dim, rows, block_queries, &skip, k, kernel)
+        })
+        .collect();
+
+    let mut out = Vec::with_capacity(n_queries);
+    for block in 0..n_blocks {
+        let stripes = &partial[block * n_stripes..(block + 1) * n_stripes];
+        for q in 0..QUERY_BLOCK {
+            if block * QUERY_BLOCK + q >= n_queries {
+                break;
+            }
+            let mut best = TopK::new(k);
+            for stripe in stripes {
+                best.merge(&stripe[q]);
+            }
+            out.push(
+                best.into_sorted()
+                    .into_iter()
+                    .map(|(s, r)| (r, s))
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+fn scan(
+    vectors: &[f32],
+    dim: usize,
+    rows: std::ops::Range<usize>,
+    queries: &[f32],
+    skip: &[Option<u32>],
+    k: usize,
+    kernel: Kernel,
+) -> Vec<TopK> {
+    let mut best: Vec<TopK> = (0..QUERY_BLOCK).map(|_| TopK::new(k)).collect();
+    let mut scores = [0.0f32; QUERY_BLOCK];
+    for row in rows {
+        kernel.dots(&vectors[row * dim..(row + 1) * dim], queries, &mut scores);
+        let id = row as u32;
+        for (q, top) in best.iter_mut().enumerate() {
+            if skip[q] != Some(id) {
+                top.push(scores[q], id);
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use tinyfast_core::rng::SplitMix64;
+
+    use super::*;
+
+    /// The plain definition: every score in f64, a full sort.
+    fn brute_force(vectors: &[f32], dim: usize, query: &[f32], skip: Option<u32>) -> Vec<u32> {
+        let mut scored: Vec<(f64, u32)> = vectors
+            .chunks_exact(dim)
+            .enumerate()
+            .filter(|(i, _)| skip != Some(*i as u32))
+            .map(|(i, v)| {
+                let s = v
+                    .iter()
+                    .zip(query)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b));
+                (s.sum(), i as u32)
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored.into_iter().map(|x| x.1).collect()
+    }
+
+    #[test]
+    fn matches_brute_force_on_every_kernel_and_pool_size() {
+        let dim = 24;
+        let n_rows = STRIPE_ROWS + 300; // two stripes
+        let mut rng = SplitMix64::new(3);
+        let vectors: Vec<f32> = (0..n_rows * dim).map(|_| rng.normal()).collect();
+        let queries: Vec<f32> = (0..11 * dim).map(|_| rng.normal()).collect();
+        let exclude: Vec<Option<u32>> = (0..11).map(|q| (q % 2 == 0).then_some(q * 5)).collect();
+        let mut runs = Vec::new();
+        for kernel in [Kernel::Portable, Kernel::detect()] {
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                runs.push(pool.install(|| search(&vectors, dim, &queries, &exclude, 6, kernel)));
+            }
+        }
+        assert!(
+            runs.windows(2).all(|w| w[0] == w[1]),
+            "results depend on kernel or threads"
+        );
+        for (q, found) in runs[0].iter().enumerate() {
+            let want = brute_force(&vectors, dim, &queries[q * dim..(q + 1) * dim], exclude[q]);
+            let ids: Vec<u32> = found.iter().map(|x| x.0).collect();
+            assert_eq!(ids, want[..6], "query {q}");
+        }
+    }
+}
