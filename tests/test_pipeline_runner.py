@@ -61,7 +61,7 @@ def test_every_stage_runs_and_leaves_its_artifact(first_run):
     status = {name: s["status"] for name, s in summary["stages"].items()}
     assert status == {"finetune": "ran", "augment": "off", "general": "ran", "task": "ran",
                       "selfdistill": "ran", "export": "ran", "evaluate": "ran"}
-    assert "no data augmentation" in summary["stages"]["augment"]["reason"]
+    assert "does not run augmentation yet" in summary["stages"]["augment"]["reason"]
     assert summary["artifacts"] == {
         "finetune": "finetune/model", "general": "general/model", "task": "task/model",
         "selfdistill": "selfdistill/model", "export": "export/bundle",
@@ -181,7 +181,7 @@ def test_default_recipe_and_files(tmp_path):
     ({"run": {"seed": 1.5}}, "[run] seed: expected an integer"),
     ({"run": {"seed": True}}, "[run] seed: expected an integer"),
     ({"finetune": {"enabled": "yes"}}, '[finetune] enabled: expected one of true, false, "auto"'),
-    ({"augment": {"enabled": True}}, "tinyfast has no data augmentation yet"),
+    ({"augment": {"enabled": True}}, "the pipeline does not run augmentation yet"),
     ({"evaluate": {"speeds": []}}, "expected a non-empty list of numbers"),
     ({"task": []}, "[task] must be a table of settings"),
 ])

@@ -35,7 +35,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             "label": "label"},
     "finetune": {"enabled": "auto", "epochs": 3.0, "lr": 5e-5, "batch_size": 32, "warmup": 0.1,
                  "eval_every": 0},
-    # Not in this tinyfast yet: a recipe can only keep it off.
+    # Not run by the pipeline yet: a recipe can only keep it off.
     "augment": {"enabled": False},
     "general": {"enabled": "auto", "student": "tinybert4", "epochs": 1.3, "lr": 3e-4,
                 "batch_size": 64, "warmup": 0.05, "eval_every": 250, "heldout": 0.01},
@@ -56,7 +56,9 @@ _CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("export", "dtype"): ("int8", "f32"),
 }
 # Stages the package cannot run yet: enabling them is an error, not a silent skip.
-_NOT_AVAILABLE = {"augment": "tinyfast has no data augmentation yet"}
+AUGMENT_NOT_WIRED = ("the pipeline does not run augmentation yet (run tinyfast augment, then "
+                     "distill task --augmented)")
+_NOT_AVAILABLE = {"augment": AUGMENT_NOT_WIRED}
 
 
 class Recipe:

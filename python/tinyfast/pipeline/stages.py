@@ -18,7 +18,7 @@ from typing import Any
 from tinyfast.data import Columns, TaskMeta
 from tinyfast.errors import ConfigError
 from tinyfast.pipeline.fingerprint import digest_path
-from tinyfast.pipeline.recipe import Recipe
+from tinyfast.pipeline.recipe import AUGMENT_NOT_WIRED, Recipe
 
 __all__ = ["STAGE_RUNNERS", "Context", "Decision", "StageResult"]
 
@@ -112,11 +112,11 @@ def _finetune_run(ctx: Context, out: Path, resume: bool) -> StageResult:
 
 
 # --------------------------------------------------------------------------------------------
-# augment (not in this tinyfast yet: the recipe can only keep it off)
+# augment (not run by the pipeline yet: the recipe can only keep it off)
 
 
 def _augment_decide(ctx: Context) -> Decision:
-    return Decision(False, "off: tinyfast has no data augmentation yet")
+    return Decision(False, f"off: {AUGMENT_NOT_WIRED}")
 
 
 # --------------------------------------------------------------------------------------------
