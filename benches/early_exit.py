@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    code_commit = commit()  # the code that runs, whatever is committed while it does
     summary = self_distilled(args, work)
     model_dir = work / "selfdistill" / "model"
     bundle = work / "bundle-int8"
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "early_exit",
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit(),
+        "commit": code_commit,
         "tinyfast": tinyfast.__version__,
         "command": "python benches/early_exit.py " + " ".join(
             sys.argv[1:] if argv is None else argv),
