@@ -20,6 +20,7 @@ pytest.importorskip("onnx")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import runtime_fixtures as rf  # noqa: E402
+from test_cli import one_error_line  # noqa: E402
 from tinyfast import cli  # noqa: E402
 from tinyfast.bench import contenders_openvino  # noqa: E402
 from tinyfast.bench.encoding import FileEncoder, hf_encoder  # noqa: E402
@@ -193,18 +194,9 @@ def test_a_bundle_without_checkpoint_runs_the_runtime_alone(
 # One-line errors
 
 
-def one_error_line(capsys: pytest.CaptureFixture[str], code: int, prefix: str) -> str:
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"{prefix}: error: "), lines[0]
-    return lines[0]
-
-
 def test_bad_inputs_are_one_line_errors(tiny: rf.TinyBundles, data: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()  # whatever building the fixtures printed
     model, bundle = str(tiny.checkpoint), str(tiny.int8)
     empty = tmp_path / "empty-dir"
     empty.mkdir()
