@@ -196,12 +196,12 @@ def test_a_bundle_without_checkpoint_runs_the_runtime_alone(
 
 def test_bad_inputs_are_one_line_errors(tiny: rf.TinyBundles, data: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    capsys.readouterr()  # whatever building the fixtures printed
     model, bundle = str(tiny.checkpoint), str(tiny.int8)
     empty = tmp_path / "empty-dir"
     empty.mkdir()
     unknown = write_data(tmp_path / "unknown.tsv", rows=4, labels=["maybe"])
     regression = rf.build_regression_bundle(tmp_path)
+    capsys.readouterr()  # what building the models printed (progress bars)
     cases = [
         ([str(tmp_path / "nope"), "--data", str(data)], "no such checkpoint or bundle"),
         ([str(empty), "--data", str(data)], "neither a runtime bundle"),
