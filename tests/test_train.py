@@ -77,6 +77,17 @@ def test_evaluation_keeps_best_and_calls_on_best(tmp_path):
     assert saved == [6, 12]
 
 
+def test_without_evaluation_the_final_weights_are_the_result(tmp_path):
+    items, lengths = toy_dataset()
+    module = ToyClassifier()
+    saved = []
+    result = train.run(module, items, lengths, _config(), tmp_path,
+                       on_best=lambda m: saved.append((m, _weights(module))))
+    assert result.best is None and len(saved) == 1 and saved[0][0] == {}
+    for name, tensor in _weights(module).items():  # saved after the last step, not before
+        assert torch.equal(saved[0][1][name], tensor)
+
+
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     """A run killed mid-epoch and resumed ends bit-identical to one never interrupted, dropout
     included (the RNG is reseeded per step)."""

@@ -189,8 +189,6 @@ def selfdistill(
         metric="heldout_kl", greater_is_better=False, on_best=save_best, resume=resume,
         pad_id=pad_id, desc="selfdistill", ctx=ctx,
     )
-    if not len(held_split) and ctx.is_main:
-        save_best({})
     summary = {
         "command": "selfdistill",
         "model": str(model),

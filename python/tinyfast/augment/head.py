@@ -175,8 +175,6 @@ def fit_mlm_head(
     result = train.run(step, train_split.dataset, train_split.lengths, config, out / "work",
                        evaluate=evaluate, metric=f"top{TOP_K}", on_best=save_best,
                        resume=resume, pad_id=pad_id, desc="fit-mlm-head", ctx=ctx)
-    if evaluate is None and ctx.is_main:
-        save_best({})
     summary = {
         "command": "fit-mlm-head",
         "teacher": str(teacher),

@@ -111,8 +111,6 @@ def distill_general(
         metric="heldout_loss", greater_is_better=False, on_best=save_best, resume=resume,
         pad_id=pad_id, desc="distill general", ctx=ctx,
     )
-    if not len(held_split) and ctx.is_main:
-        save_best({})
     summary = {
         "command": "distill general",
         "teacher": str(teacher),

@@ -136,6 +136,8 @@ def run(
 
     ``evaluate(module)`` runs on rank 0 with the unwrapped module in eval mode; when ``metric`` of
     its result improves, ``on_best(metrics)`` is called there (trainers save the model in it).
+    Without ``evaluate`` the trained weights are the result: ``on_best({})`` is called once, on
+    rank 0, when training ends.
     ``work_dir`` receives ``checkpoints/`` and ``train_log.jsonl``.
     """
     ctx = ctx or distributed.setup(config.device)
@@ -232,6 +234,8 @@ def run(
                 break
     bar.close()
     state.seconds = time.perf_counter() - started
+    if evaluate is None and on_best is not None and ctx.is_main:
+        on_best({})
     ctx.barrier()
     return TrainResult(steps=state.step, seconds=state.seconds, best=state.best,
                        history=state.history)
