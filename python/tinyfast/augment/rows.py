@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyfast._io import json_type
-from tinyfast.data.readers import Columns, _json_text, _parse_label, _text_field, detect_format
+from tinyfast.data.readers import Columns, detect_format, json_text_field, parse_label, text_field
 from tinyfast.errors import ConfigError, DataError
 
 SOURCE_FIELD = "source_line"
@@ -113,10 +113,10 @@ class RowReader:
             if len(fields) != len(header):
                 raise DataError(where, f"row has {len(fields)} fields, the header has "
                                 f"{len(header)} (tab-separated)")
-            texts = tuple(_checked_text(_text_field(fields[i], header[i], where), header[i], where)
+            texts = tuple(_checked_text(text_field(fields[i], header[i], where), header[i], where)
                           for i in at)
             if label_at is not None:
-                _parse_label(fields[label_at], self.task, where)
+                parse_label(fields[label_at], self.task, where)
             rows += 1
             yield Row(number, texts, fields)
         if rows == 0:
@@ -144,7 +144,7 @@ class RowReader:
             if SOURCE_FIELD in obj:
                 raise DataError(where, f"the row already has a {SOURCE_FIELD!r} key (is it an "
                                 "augmented file?)")
-            texts = tuple(_checked_text(_json_text(obj[c], c, where), c, where)
+            texts = tuple(_checked_text(json_text_field(obj[c], c, where), c, where)
                           for c in text_columns(self.columns))
             if self.columns.label:
                 label = obj[self.columns.label]

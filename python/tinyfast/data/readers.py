@@ -174,11 +174,11 @@ def _read_tsv(path: PathLike, columns: Columns, task: str) -> list[Example]:
             raise DataError(
                 where, f"row has {len(fields)} fields, the header has {len(header)} (tab-separated)"
             )
-        text_a = _text_field(fields[ia], columns.text_a, where)
-        text_b = _text_field(fields[ib], columns.text_b, where) if ib is not None else None
+        text_a = text_field(fields[ia], columns.text_a, where)
+        text_b = text_field(fields[ib], columns.text_b, where) if ib is not None else None
         label = None
         if il is not None:
-            label = _parse_label(fields[il], task, where)
+            label = parse_label(fields[il], task, where)
         examples.append(Example(text_a, text_b, label, where))
     return examples
 
@@ -200,10 +200,10 @@ def _read_jsonl(path: PathLike, columns: Columns, task: str) -> list[Example]:
             if key not in obj:
                 known = ", ".join(repr(k) for k in obj) or "none"
                 raise DataError(where, f"missing key {key!r} (keys: {known})")
-        text_a = _json_text(obj[columns.text_a], columns.text_a, where)
+        text_a = json_text_field(obj[columns.text_a], columns.text_a, where)
         text_b = None
         if columns.text_b is not None:
-            text_b = _json_text(obj[columns.text_b], columns.text_b, where)
+            text_b = json_text_field(obj[columns.text_b], columns.text_b, where)
         label = None
         if columns.label is not None:
             label = _json_label(obj[columns.label], task, where)
@@ -211,31 +211,37 @@ def _read_jsonl(path: PathLike, columns: Columns, task: str) -> list[Example]:
     return examples  # not empty: _read_lines rejected files with only blank lines
 
 
-def _text_field(value: str, name: str, where: str) -> str:
+# The per-field rules, shared with the streaming readers (tinyfast.augment.rows).
+
+
+def text_field(value: str, name: str, where: str) -> str:
+    """A TSV text field: anything but blank."""
     if not value.strip():
         raise DataError(where, f"empty {name!r} field")
     return value
 
 
-def _json_text(value: Any, name: str, where: str) -> str:
+def json_text_field(value: Any, name: str, where: str) -> str:
+    """A JSON text field: a string, not blank."""
     if not isinstance(value, str):
         raise DataError(where, f"{name!r} must be a string, got {json_type(value)}")
-    return _text_field(value, name, where)
+    return text_field(value, name, where)
 
 
 def _json_label(value: Any, task: str, where: str) -> str | float:
     if isinstance(value, str):
-        return _parse_label(value, task, where)
+        return parse_label(value, task, where)
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if task == "classification" and isinstance(value, int) and numeric:
         return str(value)
     if task == "regression" and numeric:
-        return _parse_label(str(value), task, where)
+        return parse_label(str(value), task, where)
     wanted = "a string or an integer" if task == "classification" else "a number"
     raise DataError(where, f"label must be {wanted}, got {json_type(value)} {value!r}")
 
 
-def _parse_label(raw: str, task: str, where: str) -> str | float:
+def parse_label(raw: str, task: str, where: str) -> str | float:
+    """A label as written: a class name, or a finite number for regression."""
     label = raw.strip()
     if not label:
         raise DataError(where, "empty label")
@@ -480,7 +486,7 @@ def _encoded_labels(examples: Sequence[Example], meta: TaskMeta) -> list[int] | 
             raise DataError(ex.where, "row has no label, but labels are needed here")
     if meta.task == "regression":
         # Examples read for classification carry strings; parse them the same way the reader does.
-        return [float(_parse_label(str(ex.label), "regression", ex.where)) for ex in examples]
+        return [float(parse_label(str(ex.label), "regression", ex.where)) for ex in examples]
     ids = {name: i for i, name in enumerate(meta.labels)}  # one dict instead of a scan per row
     return [
         ids[ex.label] if ex.label in ids else meta.label_id(ex.label, ex.where) for ex in examples
