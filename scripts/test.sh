@@ -12,3 +12,6 @@ cargo test --workspace --locked
 echo "== python: ruff, pytest"
 "$venv/bin/ruff" check python tests benches
 "$venv/bin/python" -m pytest "$@"
+
+echo "== benchmarks: every micro-benchmark body once (benches/micro, no timing)"
+"$venv/bin/python" -m pytest benches/micro --benchmark-disable -q -p no:cacheprovider

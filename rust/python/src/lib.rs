@@ -1,10 +1,12 @@
 //! `tinyfast._native`: thin PyO3 bindings over tinyfast-core. Only type conversion lives here:
 //! [`runtime`] is the `Runtime` class, [`convert`] turns Python values into core inputs and core
 //! results into numpy arrays, [`errors`] maps core errors (and panics) to Python exceptions.
+//! [`kernels_bench`] is the `kernels` submodule: single kernels for the micro-benchmarks.
 
 mod augment;
 mod convert;
 mod errors;
+mod kernels_bench;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -35,5 +37,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cpu_capabilities, m)?)?;
     m.add_class::<runtime::PyRuntime>()?;
     augment::register(m)?;
+    kernels_bench::register(m)?;
     Ok(())
 }

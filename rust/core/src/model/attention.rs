@@ -27,6 +27,7 @@ use super::lanes::{Avx2, Avx512, F32Lanes};
 use super::vmath::{self, madd};
 use super::workspace::fit;
 use crate::cpu::{Isa, KernelKind};
+use crate::error::{Error, Result};
 
 /// Rows of a row-major matrix, each read from column `col` for `width` values.
 #[derive(Clone, Copy)]
@@ -108,6 +109,80 @@ pub(crate) fn attention(
         .zip(scores.par_chunks_mut(per_task))
         .enumerate()
         .for_each(|(ci, (o, sc))| attend(isa, &cx, ci * chunk, o, sc));
+}
+
+/// The encoder's self-attention of one layer over whole packed sequences, checked, for callers
+/// outside the crate (the benchmark bindings): the same [`attention`] call the encoder makes.
+///
+/// - `qkv`: `[tokens, 3 * width]`, each row a token's query, key and value side by side (the
+///   fused qkv linear's output layout);
+/// - `offsets`: sequence `s` owns token rows `offsets[s]..offsets[s + 1]` (`offsets[0] == 0`,
+///   non-decreasing, the last entry is `tokens`);
+/// - `token_seq`: the sequence of each token row (`tokens` entries, consistent with `offsets`);
+/// - `scores`: scratch, grown as needed; `out`: `[tokens, width]`.
+///
+/// Runs on the current rayon pool. Every shape mismatch is an [`Error::InvalidInput`].
+#[allow(clippy::too_many_arguments)]
+pub fn self_attention(
+    isa: Isa,
+    qkv: &[f32],
+    width: usize,
+    heads: usize,
+    offsets: &[usize],
+    token_seq: &[u32],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) -> Result<()> {
+    if heads == 0 || width == 0 || !width.is_multiple_of(heads) {
+        return Err(Error::input(format!(
+            "width {width} must be a positive multiple of heads {heads}"
+        )));
+    }
+    if offsets.first() != Some(&0) || offsets.windows(2).any(|w| w[1] < w[0]) {
+        return Err(Error::input("offsets must start at 0 and never decrease"));
+    }
+    let tokens = offsets[offsets.len() - 1];
+    let expect = |what: &str, want: Option<usize>, got: usize| match want {
+        Some(want) if want == got => Ok(()),
+        _ => Err(Error::input(format!(
+            "{what}: expected {} values, got {got}",
+            want.map_or_else(|| "more than usize::MAX".to_owned(), |w| w.to_string())
+        ))),
+    };
+    let row_width = width.checked_mul(3);
+    expect(
+        "qkv",
+        row_width.and_then(|w| w.checked_mul(tokens)),
+        qkv.len(),
+    )?;
+    expect("out", width.checked_mul(tokens), out.len())?;
+    expect("token_seq", Some(tokens), token_seq.len())?;
+    for (s, w) in offsets.windows(2).enumerate() {
+        if token_seq[w[0]..w[1]].iter().any(|&t| t as usize != s) {
+            return Err(Error::input(format!(
+                "token_seq disagrees with offsets in sequence {s}"
+            )));
+        }
+    }
+    let h = width;
+    let rows = |col| Rows {
+        data: qkv,
+        stride: 3 * h,
+        col,
+    };
+    attention(
+        isa,
+        rows(0),
+        rows(h),
+        rows(2 * h),
+        h,
+        heads,
+        offsets,
+        token_seq,
+        scores,
+        out,
+    );
+    Ok(())
 }
 
 /// What every query of an [`attention`] call shares.
@@ -698,6 +773,66 @@ mod tests {
     fn avx512_kernel_gives_the_scalar_bits() {
         if Isa::new(KernelKind::Avx512Vnni).is_some() {
             lanes_match_one_by_one(attend_avx512);
+        }
+    }
+
+    /// The checked entry on a fused `[tokens, 3 * width]` buffer gives the bits of the same
+    /// attention read from separate matrices, and rejects inconsistent shapes.
+    #[test]
+    fn self_attention_reads_the_fused_layout() {
+        let mut seed = 11;
+        let (width, heads) = (52, 2);
+        let case = Case::new(&LENS, width, heads, &mut seed);
+        let tokens = case.offsets[LENS.len()];
+        let mut qkv = Vec::with_capacity(tokens * 3 * width);
+        for t in 0..tokens {
+            for m in 0..3 {
+                qkv.extend_from_slice(case.rows(m).row(t, width));
+            }
+        }
+        let token_seq = case.all_queries();
+        for isa in Isa::available() {
+            let mut out = vec![f32::NAN; tokens * width];
+            let run = |qkv: &[f32], seqs: &[u32], offsets: &[usize], heads, out: &mut [f32]| {
+                self_attention(isa, qkv, width, heads, offsets, seqs, &mut vec![], out)
+            };
+            run(&qkv, &token_seq, &case.offsets, heads, &mut out).unwrap();
+            assert_eq!(out, case.run(isa), "{isa}");
+            let short = &qkv[..qkv.len() - 1];
+            for (err, what) in [
+                (
+                    run(short, &token_seq, &case.offsets, heads, &mut out),
+                    "qkv",
+                ),
+                (
+                    run(&qkv, &token_seq, &case.offsets, 5, &mut out),
+                    "multiple of heads",
+                ),
+                (
+                    run(&qkv, &token_seq, &case.offsets, 0, &mut out),
+                    "multiple of heads",
+                ),
+                (
+                    run(&qkv, &token_seq[1..], &case.offsets, heads, &mut out),
+                    "token_seq",
+                ),
+                (
+                    run(&qkv, &token_seq, &case.offsets[1..], heads, &mut out),
+                    "start at 0",
+                ),
+                (run(&qkv, &token_seq, &[], heads, &mut out), "start at 0"),
+                (
+                    run(&qkv, &token_seq, &case.offsets, heads, &mut out[1..]),
+                    "out",
+                ),
+            ] {
+                let message = err.unwrap_err().to_string();
+                assert!(message.contains(what), "{what}: {message}");
+            }
+            let mut shuffled = token_seq.clone();
+            shuffled.swap(0, tokens - 1);
+            let err = run(&qkv, &shuffled, &case.offsets, heads, &mut out).unwrap_err();
+            assert!(err.to_string().contains("disagrees"), "{err}");
         }
     }
 
