@@ -43,11 +43,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benches/*.py when loaded by path
 from _paths import REPO, recorded_path  # noqa: E402
+from tinyfast.exits.choice import ACCURACY_TOLERANCE_POINTS, chosen_point  # noqa: E402
 
 SCHEMA_VERSION = 1
 DEFAULT_SPEEDS = "0,0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.6,0.7,0.8"
-GOALS = {"accuracy_tolerance_points": 0.5, "max_mean_exit_share_of_depth": 0.5,
-         "speedup_vs_speed_0": 1.8, "speedup_vs_ort_int8": 3.0, "int8_vs_torch_points": 0.3}
+GOALS = {"accuracy_tolerance_points": ACCURACY_TOLERANCE_POINTS,
+         "max_mean_exit_share_of_depth": 0.5, "speedup_vs_speed_0": 1.8,
+         "speedup_vs_ort_int8": 3.0, "int8_vs_torch_points": 0.3}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -135,13 +137,6 @@ def curves(model_dir: Path, bundle: Path, inputs: list[Any], labels: list[int], 
         q["accuracy_minus_torch_points"] = 100 * (q["accuracy"] - t["accuracy"])
     return {"torch": torch_points, "int8": int8_points, "num_layers": runtime.num_layers,
             "exits": [list(e) for e in runtime.exits], "max_length": runtime.max_length}
-
-
-def chosen_speed(points: list[dict[str, Any]], tolerance_points: float) -> dict[str, Any]:
-    """The point of the largest speed whose accuracy is within the tolerance of speed 0."""
-    base = next(p for p in points if p["speed"] == 0.0)
-    ok = [p for p in points if 100 * (base["accuracy"] - p["accuracy"]) <= tolerance_points]
-    return max(ok, key=lambda p: p["speed"])
 
 
 def throughput(model_dir: Path, bundle: Path, inputs: list[Any], speed: float, work: Path,
@@ -244,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         export(model_dir, bundle, dtype="int8")
     inputs, labels, examples, meta = eval_data(model_dir, args.eval)
     curve = curves(model_dir, bundle, inputs, labels, examples, meta, speeds, args.threads)
-    chosen = chosen_speed(curve["int8"], args.tolerance)
+    chosen = chosen_point(curve["int8"], args.tolerance)  # speed 0 is always among the speeds
     speed = throughput(model_dir, bundle, inputs, chosen["speed"], work, args.threads,
                        args.rounds)
     report = {

@@ -11,6 +11,7 @@ import pytest
 
 import tinyfast
 from tinyfast import cli
+from tinyfast.pipeline.recipe import STAGES
 
 HELP_COMMANDS = [
     [],
@@ -21,6 +22,7 @@ HELP_COMMANDS = [
     ["distill", "task"],
     ["demo"],
     ["evaluate"],
+    ["report"],
 ]
 
 
@@ -457,13 +459,22 @@ def test_demo_quick_on_the_packaged_teacher(capsys, tmp_path):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "demo"
     assert cli.main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    summary = json.loads((out / "demo.json").read_text(encoding="utf-8"))
-    assert printed == summary
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    summary = json.loads((out / "pipeline" / "summary.json").read_text(encoding="utf-8"))
+    assert printed["results"] == summary["results"]
+    # Every stage of the pipeline ran, from the teacher to the report.
+    assert {name: s["status"] for name, s in summary["stages"].items()} == \
+        dict.fromkeys(summary["stages"], "ran")
+    assert list(summary["stages"]) == list(STAGES)
     for key in ("teacher_dev_accuracy", "student_dev_accuracy"):
-        assert 0 <= summary[key] <= 1, key
-    assert summary["student_parameters"] < summary["teacher_parameters"]
+        assert 0 <= summary["results"][key] <= 1, key
+    assert printed["report"] == str(out / "report" / "report.md")
+    assert f"report: {out / 'report' / 'report.md'}" in captured.err
+    assert "## " in (out / "report" / "report.md").read_text(encoding="utf-8")
+    bench = json.loads((out / "bench" / "bench.json").read_text(encoding="utf-8"))
+    assert "accuracy" in bench["contenders"]["tinyfast_int8_speed0"]
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        summary["student_model"])
+        out / "task" / "model")
     assert model.config.num_hidden_layers == 4  # TinyBERT-4
     assert model.config.id2label == {0: "0", 1: "1"}

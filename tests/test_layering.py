@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"distill", "finetune", "selfdistill", "augment"},  # trainers: never one importing another
     {"export"},
     {"bench"},  # the peer-comparison harness: exports bundles, runs every engine
+    {"report"},  # report.md and plots from a pipeline's output directory (no torch)
     {"pipeline"},
     {"cli", "__main__"},
 ]
@@ -122,7 +123,7 @@ def test_no_import_circles():
 
 @pytest.mark.parametrize("modules", [
     "tinyfast", "tinyfast.runtime", "tinyfast.bundle", "tinyfast.data", "tinyfast.export",
-    "tinyfast.cli", "tinyfast._io", "tinyfast.metrics", "tinyfast.exits",
+    "tinyfast.cli", "tinyfast._io", "tinyfast.metrics", "tinyfast.exits", "tinyfast.report",
 ])
 def test_runtime_side_imports_no_torch(modules):
     code = (f"import sys, {modules}; heavy = ('torch', 'transformers', 'safetensors', 'tqdm'); "

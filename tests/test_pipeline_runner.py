@@ -20,7 +20,7 @@ from safetensors.torch import load_file  # noqa: E402
 from test_cli import one_error_line  # noqa: E402
 from tinyfast import cli  # noqa: E402
 from tinyfast.errors import ConfigError  # noqa: E402
-from tinyfast.pipeline.recipe import DEFAULTS, Recipe, load_recipe  # noqa: E402
+from tinyfast.pipeline.recipe import DEFAULTS, STAGES, Recipe, load_recipe  # noqa: E402
 from tinyfast.pipeline.runner import run_pipeline  # noqa: E402
 
 
@@ -33,8 +33,13 @@ def tiny_recipe(student_json: Path, **changes: dict) -> dict:
         "task": {"student": str(student_json), "intermediate_epochs": 1.0,
                  "intermediate_lr": 1e-3, "prediction_epochs": 1.0, "prediction_lr": 1e-3,
                  "batch_size": 16},
+        "augment": {"enabled": True, "n": 2},
         "selfdistill": {"branch": "linear", "epochs": 2.0, "lr": 1e-2, "batch_size": 16},
         "evaluate": {"speeds": [0.0, 0.5, 1.0]},
+        # The engines without a model-specific preparation step: seconds, not minutes.
+        "bench": {"contenders": ["torch_fp32", "tinyfast_int8"], "speeds": [0.0, 0.5],
+                  "rounds": 1, "latency_rows": 8, "max_rows": 24},
+        "report": {"plots": False},
     }
     for stage, values in changes.items():
         recipe.setdefault(stage, {}).update(values)
@@ -59,13 +64,22 @@ def first_run(tmp_path_factory, tiny_teacher_dir, demo_data, tiny_student_json):
 def test_every_stage_runs_and_leaves_its_artifact(first_run):
     _, out, _, summary = first_run
     status = {name: s["status"] for name, s in summary["stages"].items()}
-    assert status == {"finetune": "ran", "augment": "off", "general": "ran", "task": "ran",
-                      "selfdistill": "ran", "export": "ran", "evaluate": "ran"}
-    assert "does not run augmentation yet" in summary["stages"]["augment"]["reason"]
+    assert status == dict.fromkeys(STAGES, "ran")
     assert summary["artifacts"] == {
-        "finetune": "finetune/model", "general": "general/model", "task": "task/model",
-        "selfdistill": "selfdistill/model", "export": "export/bundle",
-        "evaluate": "evaluate/curve.json"}
+        "finetune": "finetune/model", "augment": "augment/train.tsv",
+        "general": "general/model", "task": "task/model", "selfdistill": "selfdistill/model",
+        "export": "export/bundle", "evaluate": "evaluate/curve.json", "bench": "bench/bench.json",
+        "report": "report/report.md"}
+    # Task distillation and self-distillation read the augmented rows: 96 rows, 2 variants each.
+    augmented = (out / "augment" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(augmented) - 1 == 3 * 96
+    task = json.loads((out / "task" / "metrics.json").read_text(encoding="utf-8"))
+    assert task["train"] == str(out / "augment" / "train.tsv") and task["train_rows"] == 3 * 96
+    bench = json.loads((out / "bench" / "bench.json").read_text(encoding="utf-8"))
+    measured = {n for n, rec in bench["contenders"].items() if "accuracy" in rec}
+    assert measured == {"torch_fp32", "tinyfast_int8_speed0", "tinyfast_int8_speed0.5"}
+    assert bench["data"]["rows"] == 24 and bench["settings"]["rounds"] == 1
+    assert "| bench |" in (out / "report" / "report.md").read_text(encoding="utf-8")
     curve = json.loads((out / "evaluate" / "curve.json").read_text(encoding="utf-8"))
     assert [p["speed"] for p in curve["points"]] == [0.0, 0.5, 1.0]
     assert curve["points"][0]["mean_exit_layer"] == 2.0  # the tiny student has 2 layers
@@ -80,7 +94,7 @@ def test_a_rerun_skips_every_unchanged_stage(first_run, tiny_teacher_dir, demo_d
     before = (out / "task" / "model" / "model.safetensors").stat().st_mtime_ns
     summary = run_pipeline(str(tiny_teacher_dir), demo_data["train"], demo_data["dev"], out,
                            corpus=demo_data["corpus"], recipe=recipe, progress=False)
-    assert {s["status"] for n, s in summary["stages"].items() if n != "augment"} == {"skipped"}
+    assert {s["status"] for s in summary["stages"].values()} == {"skipped"}
     assert (out / "task" / "model" / "model.safetensors").stat().st_mtime_ns == before
     assert summary["results"]["int8_curve"]
 
@@ -93,9 +107,9 @@ def test_a_changed_setting_reruns_its_stage_and_the_later_ones(
     summary = run_pipeline(str(tiny_teacher_dir), demo_data["train"], demo_data["dev"], out,
                            corpus=demo_data["corpus"], recipe=changed, progress=False)
     status = {name: s["status"] for name, s in summary["stages"].items()}
-    assert status == {"finetune": "skipped", "augment": "off", "general": "skipped",
+    assert status == {"finetune": "skipped", "augment": "skipped", "general": "skipped",
                       "task": "skipped", "selfdistill": "ran", "export": "ran",
-                      "evaluate": "ran"}
+                      "evaluate": "ran", "bench": "ran", "report": "ran"}
 
 
 def test_from_reruns_that_stage_and_the_later_ones(first_run, tiny_teacher_dir, demo_data):
@@ -108,7 +122,7 @@ def test_from_reruns_that_stage_and_the_later_ones(first_run, tiny_teacher_dir, 
     summary = json.loads((out / "pipeline" / "summary.json").read_text("utf-8"))
     status = {name: s["status"] for name, s in summary["stages"].items()}
     assert status["selfdistill"] == "skipped"
-    assert status["export"] == status["evaluate"] == "ran"
+    assert status["export"] == status["evaluate"] == status["bench"] == status["report"] == "ran"
 
 
 def _pipeline_command(teacher, demo_data, out, recipe) -> list[str]:
@@ -173,6 +187,30 @@ def test_default_recipe_and_files(tmp_path):
     assert recipe["task"]["intermediate_epochs"] == DEFAULTS["task"]["intermediate_epochs"]
 
 
+def test_demo_recipe_goes_over_the_defaults_and_a_file_over_it(tmp_path):
+    from tinyfast.pipeline.demo import DEMO_RECIPE, QUICK_RECIPE, demo_recipe
+
+    demo = demo_recipe()
+    assert demo["augment"]["enabled"] is True and demo["run"]["max_length"] == 32
+    assert demo["task"]["intermediate_lr"] == DEFAULTS["task"]["intermediate_lr"]
+    quick = demo_recipe(quick=True)
+    assert quick["task"]["prediction_epochs"] == QUICK_RECIPE["task"]["prediction_epochs"]
+    assert quick["run"]["max_length"] == DEMO_RECIPE["run"]["max_length"]
+    mine = tmp_path / "mine.toml"
+    mine.write_text("[bench]\nenabled = false\n", encoding="utf-8")
+    over = demo_recipe(quick=True, path=mine)
+    assert over["bench"]["enabled"] is False
+    assert over["augment"]["n"] == QUICK_RECIPE["augment"]["n"]
+    assert over.source == str(mine)
+
+
+def test_recipe_masking_modes_are_the_masked_lms():
+    from tinyfast.augment.masked_lm import MODES
+    from tinyfast.pipeline.recipe import _CHOICES
+
+    assert _CHOICES[("augment", "mode")] == MODES
+
+
 @pytest.mark.parametrize("data, message", [
     ({"tasks": {}}, "unknown stage [tasks]"),
     ({"task": {"lr": 1e-4}}, "[task] lr: unknown setting"),
@@ -181,7 +219,10 @@ def test_default_recipe_and_files(tmp_path):
     ({"run": {"seed": 1.5}}, "[run] seed: expected an integer"),
     ({"run": {"seed": True}}, "[run] seed: expected an integer"),
     ({"finetune": {"enabled": "yes"}}, '[finetune] enabled: expected one of true, false, "auto"'),
-    ({"augment": {"enabled": True}}, "the pipeline does not run augmentation yet"),
+    ({"augment": {"mode": "all"}}, '[augment] mode: expected one of "multi", "word"'),
+    ({"bench": {"contenders": ["ort_int4"]}}, "[bench] contenders: expected a non-empty list of "
+                                               "names from teacher_torch_fp32"),
+    ({"bench": {"contenders": "ort_int8"}}, "expected a non-empty list of names"),
     ({"evaluate": {"speeds": []}}, "expected a non-empty list of numbers"),
     ({"task": []}, "[task] must be a table of settings"),
 ])

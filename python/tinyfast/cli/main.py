@@ -4,7 +4,6 @@ works on a runtime-only install."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +12,7 @@ from tinyfast.cli import bench as bench_cli
 from tinyfast.cli import evaluate as evaluate_cli
 from tinyfast.cli import export as export_cli
 from tinyfast.cli import pipeline as pipeline_cli
+from tinyfast.cli import report as report_cli
 from tinyfast.cli import selfdistill as selfdistill_cli
 from tinyfast.cli import train as train_cli
 from tinyfast.cli.args import EXIT_USAGE, Parser
@@ -77,20 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     selfdistill_cli.add_command(sub)
     augment_cli.add_commands(sub)
 
-    demo = sub.add_parser("demo", help="generate a small task and run the whole flow on it",
-                          description="Generates a small sentiment task, fine-tunes the packaged "
-                                      "MiniLM teacher on it and distils a TinyBERT-4 student "
-                                      "(general then task distillation).")
-    demo.add_argument("--out", default="tinyfast-demo", help="output directory "
-                      "(default: %(default)s)")
-    demo.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke check")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo.set_defaults(run=_demo)
-
     evaluate_cli.add_command(sub)
-    pipeline_cli.add_command(sub)
+    pipeline_cli.add_commands(sub)
     export_cli.add_export_command(sub)
     bench_cli.add_command(sub)
+    report_cli.add_command(sub)
     return parser
 
 
@@ -116,14 +107,6 @@ def _info(args: argparse.Namespace) -> int:
         print(f"torch: {torch.__version__} (training available)")
     except ModuleNotFoundError:
         print("torch: not installed (runtime only; pip install 'tinyfast[train]' to train)")
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from tinyfast.pipeline.demo import run_demo
-
-    summary = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
-    print(json.dumps(summary, indent=1))
     return 0
 
 

@@ -14,7 +14,7 @@ from tinyfast.exits.flops import ModelShape, relative_flops
 from tinyfast.exits.speeds import check_speed
 from tinyfast.metrics import task_metrics
 
-__all__ = ["Predict", "format_table", "runtime_predictor", "speed_curve"]
+__all__ = ["METRIC_COLUMNS", "Predict", "format_table", "runtime_predictor", "speed_curve"]
 
 #: ``predict(speed) -> (logits float32 [N, C], exit_layers int [N])`` over the whole data set,
 #: rows in input order.
@@ -60,8 +60,9 @@ def speed_curve(predict: Predict, labels: Sequence[Any], lengths: Sequence[int],
     return points
 
 
-_METRIC_COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("pearson", "pearson"),
-                   ("spearman", "spearman"), ("mse", "MSE"))
+#: (key, column title) of the metrics a curve point may hold, in table order.
+METRIC_COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("pearson", "pearson"),
+                  ("spearman", "spearman"), ("mse", "MSE"))
 
 
 def format_table(points: Sequence[dict[str, Any]], num_layers: int) -> str:
@@ -70,7 +71,7 @@ def format_table(points: Sequence[dict[str, Any]], num_layers: int) -> str:
     rows per second."""
     if not points:
         return ""
-    metrics = [(key, title) for key, title in _METRIC_COLUMNS if key in points[0]]
+    metrics = [(key, title) for key, title in METRIC_COLUMNS if key in points[0]]
     layers = sorted({int(layer) for p in points for layer in p["exit_share"]})
     header = ["speed", *(title for _, title in metrics), f"exit (of {num_layers})",
               *(f"L{layer}" for layer in layers), "FLOPs", "rows/s"]

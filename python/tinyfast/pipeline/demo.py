@@ -1,22 +1,20 @@
 """``tinyfast demo``: the whole flow on a data set generated here, so it runs on any machine.
 
 It writes a small movie-review sentiment task (with negation, so a bag of words is not enough)
-and an unlabeled corpus, fine-tunes the packaged MiniLM teacher on it, distils a TinyBERT-4 student
-(general, then task distillation) and reports both dev accuracies.
+and an unlabeled corpus, then runs ``tinyfast pipeline`` on them with the demo's recipe: the
+packaged MiniLM teacher fine-tuned, a TinyBERT-4 student distilled, given early exits and exported
+to int8, measured beside its peers, and a report.
 """
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from pathlib import Path
 from typing import Any
 
-from tinyfast import train
-from tinyfast.distill import IntermediateOptions, StageSettings, distill_general, distill_task
-from tinyfast.finetune import finetune
 from tinyfast.models import MINILM
+from tinyfast.pipeline.recipe import Recipe, load_recipe
+from tinyfast.pipeline.runner import run_pipeline
 
 _SUBJECTS = ["the movie", "this film", "the plot", "the acting", "the script", "the ending",
              "the soundtrack", "the director's work", "the cast", "the story", "this sequel",
@@ -60,35 +58,45 @@ def write_demo_data(folder: str | Path, train_rows: int = 800, dev_rows: int = 2
     return paths
 
 
-def run_demo(out: str | Path, *, teacher: str = MINILM, student: str = "tinybert4",
-             quick: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Runs generate -> finetune -> distill general -> distill task into ``out``.
-    ``quick`` shrinks every step (for tests and smoke checks)."""
+# The pipeline at demo scale: every stage on, sized to finish in minutes on two cores. Tuned for
+# the generated task above; keys left out take the pipeline's defaults (recipe.DEFAULTS).
+DEMO_RECIPE = {
+    "run": {"max_length": 32},
+    "finetune": {"epochs": 2.0},
+    "augment": {"enabled": True, "n": 8},
+    "general": {"epochs": 3.0, "lr": 2e-4, "warmup": 0.0, "batch_size": 32, "eval_every": 0},
+    "task": {"intermediate_epochs": 3.0, "prediction_epochs": 2.0, "prediction_lr": 1e-4},
+    "selfdistill": {"epochs": 2.0},
+    "bench": {"rounds": 1, "latency_rows": 100},
+}
+# --quick: the smallest run that still passes through every stage (a smoke check).
+QUICK_RECIPE = {
+    "finetune": {"epochs": 1.0},
+    "augment": {"n": 2},
+    "general": {"epochs": 1.0},
+    "task": {"intermediate_epochs": 1.0, "prediction_epochs": 1.0},
+    "selfdistill": {"epochs": 1.0},
+    "bench": {"latency_rows": 16, "calibration_rows": 32},
+}
+
+
+def demo_recipe(quick: bool = False, path: str | Path | None = None) -> Recipe:
+    """The demo's recipe (``quick``: shrunk further), with the file ``path``'s settings over it."""
+    recipe = Recipe.from_mapping(DEMO_RECIPE, "the demo recipe")
+    if quick:
+        recipe = Recipe.from_mapping(QUICK_RECIPE, "the quick demo recipe", base=recipe)
+    return load_recipe(path, base=recipe)
+
+
+def run_demo(out: str | Path, *, teacher: str = MINILM, quick: bool = False,
+             recipe: str | Path | None = None, from_stage: str | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Generates the demo task into ``out/data`` and runs the pipeline on it into ``out``:
+    finetune -> augment -> distill general -> distill task -> selfdistill -> export ->
+    evaluate -> bench -> report. A rerun skips what has not changed."""
     out = Path(out)
-    started = time.perf_counter()
     sizes = dict(train_rows=160, dev_rows=64, corpus_rows=256) if quick else {}
     data = write_demo_data(out / "data", **sizes)
-    common = dict(batch_size=32, progress=progress, save_every=0, log_every=5)
-    teacher_run = finetune(
-        teacher, data["train"], data["dev"], out / "teacher", max_length=32,
-        config=train.TrainConfig(epochs=1 if quick else 2, lr=5e-5, **common))
-    general = distill_general(
-        teacher, data["corpus"], out / "general", student=student, max_length=32,
-        config=train.TrainConfig(epochs=1 if quick else 3, lr=2e-4, warmup=0.0, **common))
-    task = distill_task(
-        str(out / "teacher" / "model"), data["train"], data["dev"], out / "student",
-        student=student, init="checkpoint", init_checkpoint=str(out / "general" / "model"),
-        intermediate=StageSettings(epochs=1 if quick else 5, lr=1e-4, warmup=0.0),
-        prediction=StageSettings(epochs=1 if quick else 3, lr=1e-4, warmup=0.1),
-        options=IntermediateOptions(), config=train.TrainConfig(**common))
-    summary = {
-        "teacher_dev_accuracy": teacher_run["best"]["accuracy"],
-        "student_dev_accuracy": task["best"]["accuracy"],
-        "teacher_parameters": task["teacher_parameters"],
-        "student_parameters": task["student_parameters"],
-        "general_heldout_loss": (general["best"] or {}).get("heldout_loss"),
-        "seconds": time.perf_counter() - started,
-        "student_model": str(out / "student" / "model"),
-    }
-    (out / "demo.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    return summary
+    return run_pipeline(teacher, data["train"], data["dev"], out, corpus=data["corpus"],
+                        recipe=demo_recipe(quick, recipe), from_stage=from_stage,
+                        progress=progress)

@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from tinyfast._io import read_limited
+from tinyfast.bench.plan import FAMILIES
 from tinyfast.errors import ConfigError
 
 __all__ = ["DEFAULTS", "STAGES", "Recipe", "load_recipe"]
 
 # Stages in the order they run.
-STAGES = ("finetune", "augment", "general", "task", "selfdistill", "export", "evaluate")
+STAGES = ("finetune", "augment", "general", "task", "selfdistill", "export", "evaluate", "bench",
+          "report")
 
 # Stage -> key -> default. The type of each default is the type the key takes (an int where a
 # float is expected is accepted); None marks "any of the listed choices" in _CHOICES.
@@ -35,8 +37,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             "label": "label"},
     "finetune": {"enabled": "auto", "epochs": 3.0, "lr": 5e-5, "batch_size": 32, "warmup": 0.1,
                  "eval_every": 0},
-    # Not run by the pipeline yet: a recipe can only keep it off.
-    "augment": {"enabled": False},
+    # Off by default: the augmented train file is about n + 1 times the rows, and task
+    # distillation's epochs run over all of them. "" for mlm: word vectors for every word; ""
+    # for vectors: whole-word vectors built from the teacher's word-piece embeddings.
+    "augment": {"enabled": False, "n": 20, "p": 0.4, "k": 15, "mlm": "", "vectors": "",
+                "mode": "multi", "min_gap": 3},
     "general": {"enabled": "auto", "student": "tinybert4", "epochs": 1.3, "lr": 3e-4,
                 "batch_size": 64, "warmup": 0.05, "eval_every": 250, "heldout": 0.01},
     "task": {"enabled": True, "student": "tinybert4", "init": "auto",
@@ -45,7 +50,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "selfdistill": {"enabled": True, "branch": "fastbert", "epochs": 3.0, "lr": 2e-4,
                     "batch_size": 32, "warmup": 0.1, "temperature": 1.0, "heldout": 0.05},
     "export": {"enabled": True, "dtype": "int8"},
-    "evaluate": {"enabled": True, "speeds": [0.0, 0.1, 0.2, 0.3, 0.5], "batch_size": 32},
+    "evaluate": {"enabled": True, "speeds": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8],
+                 "batch_size": 32},
+    # tinyfast bench on the dev set: every contender in its own process, taking turns.
+    # latency_rows and max_rows 0: every row (latency: at most the bench's default).
+    "bench": {"enabled": True, "contenders": list(FAMILIES), "speeds": [0.0, 0.1, 0.3],
+              "threads": 1, "batch_size": 32, "rounds": 3, "latency_rows": 0, "max_rows": 0,
+              "calibration_rows": 300},
+    "report": {"enabled": True, "plots": True},
 }
 
 _CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
@@ -54,11 +66,10 @@ _CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("task", "init"): ("auto", "random", "teacher-layers"),
     ("selfdistill", "branch"): ("fastbert", "linear"),
     ("export", "dtype"): ("int8", "f32"),
+    ("augment", "mode"): ("multi", "word"),  # tinyfast.augment.masked_lm.MODES (needs torch)
 }
-# Stages the package cannot run yet: enabling them is an error, not a silent skip.
-AUGMENT_NOT_WIRED = ("the pipeline does not run augmentation yet (run tinyfast augment, then "
-                     "distill task --augmented)")
-_NOT_AVAILABLE = {"augment": AUGMENT_NOT_WIRED}
+# List settings whose items are names from a fixed set (other lists hold numbers).
+_NAME_LISTS: dict[tuple[str, str], tuple[str, ...]] = {("bench", "contenders"): FAMILIES}
 
 
 class Recipe:
@@ -75,10 +86,12 @@ class Recipe:
         return copy.deepcopy(self.settings)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], source: str = "recipe") -> Recipe:
+    def from_mapping(cls, data: Mapping[str, Any], source: str = "recipe",
+                     base: Recipe | None = None) -> Recipe:
+        """``data``'s settings over ``base``'s (by default over DEFAULTS)."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: a recipe is a table of stages, got {type(data).__name__}")
-        settings = copy.deepcopy(DEFAULTS)
+        settings = base.to_dict() if base is not None else copy.deepcopy(DEFAULTS)
         for stage, values in data.items():
             if stage not in DEFAULTS:
                 raise ConfigError(f"{source}: unknown stage [{stage}] (stages: "
@@ -88,10 +101,6 @@ class Recipe:
                                   f"{type(values).__name__}")
             for key, value in values.items():
                 settings[stage][key] = _checked(source, stage, key, value)
-        for stage, why in _NOT_AVAILABLE.items():
-            if settings[stage].get("enabled") is True:
-                raise ConfigError(f"{source}: [{stage}] enabled = true, but {why}; set it to "
-                                  "false")
         return cls(settings, source)
 
 
@@ -110,6 +119,13 @@ def _checked(source: str, stage: str, key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {json.dumps(value)}")
         return value
+    names = _NAME_LISTS.get((stage, key))
+    if names is not None:
+        if not isinstance(value, list) or not value or \
+                not all(isinstance(v, str) and v in names for v in value):
+            raise ConfigError(f"{where}: expected a non-empty list of names from "
+                              f"{', '.join(names)}, got {json.dumps(value)}")
+        return list(dict.fromkeys(value))
     if isinstance(default, list):
         if not isinstance(value, list) or not all(_is_number(v) for v in value) or not value:
             raise ConfigError(f"{where}: expected a non-empty list of numbers, got "
@@ -132,10 +148,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def load_recipe(path: str | Path | None) -> Recipe:
-    """The recipe in ``path`` (``.toml`` or ``.json``), or the defaults when None."""
+def load_recipe(path: str | Path | None, base: Recipe | None = None) -> Recipe:
+    """The recipe in ``path`` (``.toml`` or ``.json``) over ``base`` (default: the defaults);
+    ``base`` itself (or the defaults) when ``path`` is None."""
     if path is None:
-        return Recipe.from_mapping({}, "the default recipe")
+        return base if base is not None else Recipe.from_mapping({}, "the default recipe")
     path = Path(path)
     raw = read_limited(path, 1 << 20)
     text = raw.decode("utf-8", errors="replace")
@@ -155,4 +172,4 @@ def load_recipe(path: str | Path | None) -> Recipe:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     else:
         raise ConfigError(f"{path}: a recipe is a .toml or .json file")
-    return Recipe.from_mapping(data, str(path))
+    return Recipe.from_mapping(data, str(path), base)

@@ -103,6 +103,8 @@ def run_pipeline(
             _say(progress, f"{name}: unchanged, skipped")
             continue
         resume = same and record["status"] == "running"
+        # The summary so far: where an unfinished run stands, and what the report stage reads.
+        _write_json(out / RECORDS / "summary.json", _summary(ctx, stages, started))
         _say(progress, f"{name}: {'continuing' if resume else 'running'} ({decision.reason})")
         _write_json(record_path, {"stage": name, "fingerprint": fp, "status": "running"})
         t0 = time.perf_counter()
@@ -117,21 +119,28 @@ def run_pipeline(
             ctx.artifacts[name] = result.artifact
         ctx.summaries[name] = result.summary
         stages[name] = {"status": "ran", "resumed": resume, "seconds": seconds}
-    summary = {
-        "teacher": str(teacher),
-        "train": str(train),
-        "dev": str(dev),
-        "corpus": str(corpus) if corpus else None,
-        "unlabeled": str(unlabeled) if unlabeled else None,
-        "recipe": recipe.to_dict(),
-        "recipe_source": recipe.source,
-        "stages": stages,
-        "artifacts": {k: v.relative_to(out).as_posix() for k, v in ctx.artifacts.items()},
+    summary = _summary(ctx, stages, started)
+    _write_json(out / RECORDS / "summary.json", summary)
+    return summary
+
+
+def _summary(ctx: Context, stages: dict[str, Any], started: float) -> dict[str, Any]:
+    def given(path: Path | None) -> str | None:
+        return str(path) if path is not None else None
+
+    return {
+        "teacher": ctx.teacher,
+        "train": str(ctx.train),
+        "dev": str(ctx.dev),
+        "corpus": given(ctx.corpus),
+        "unlabeled": given(ctx.unlabeled),
+        "recipe": ctx.recipe.to_dict(),
+        "recipe_source": ctx.recipe.source,
+        "stages": dict(stages),
+        "artifacts": {k: v.relative_to(ctx.out).as_posix() for k, v in ctx.artifacts.items()},
         "results": _results(ctx),
         "seconds": time.perf_counter() - started,
     }
-    _write_json(out / RECORDS / "summary.json", summary)
-    return summary
 
 
 def _set_threads(recipe: Recipe) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from tinyfast.data import Columns, TaskMeta
 from tinyfast.errors import ConfigError
 from tinyfast.pipeline.fingerprint import digest_path
-from tinyfast.pipeline.recipe import AUGMENT_NOT_WIRED, Recipe
+from tinyfast.pipeline.recipe import Recipe
 
 __all__ = ["STAGE_RUNNERS", "Context", "Decision", "StageResult"]
 
@@ -112,11 +112,49 @@ def _finetune_run(ctx: Context, out: Path, resume: bool) -> StageResult:
 
 
 # --------------------------------------------------------------------------------------------
-# augment (not run by the pipeline yet: the recipe can only keep it off)
+# augment (TinyBERT's data augmentation of the training file)
 
 
 def _augment_decide(ctx: Context) -> Decision:
-    return Decision(False, f"off: {AUGMENT_NOT_WIRED}")
+    enabled = ctx.recipe["augment"]["enabled"]
+    return Decision(enabled, "on in the recipe" if enabled else "off in the recipe")
+
+
+def _augment_sources(ctx: Context) -> tuple[str | None, str | None]:
+    """The masked LM and word-vector file of the recipe ("" is None)."""
+    s = ctx.recipe["augment"]
+    return s["mlm"] or None, s["vectors"] or None
+
+
+def _augment_inputs(ctx: Context) -> dict[str, str]:
+    mlm, vectors = _augment_sources(ctx)
+    inputs = {"train": digest_path(ctx.train)}
+    if mlm is not None:
+        inputs["mlm"] = digest_path(mlm)
+    if vectors is not None:
+        inputs["vectors"] = digest_path(vectors)
+    if mlm is None and vectors is None:  # whole-word vectors come from the teacher's pieces
+        inputs["teacher"] = digest_path(ctx.teacher_path())
+    return inputs
+
+
+def _augment_run(ctx: Context, out: Path, resume: bool) -> StageResult:
+    from tinyfast.augment import AugmentOptions, MaskedLMOptions, augment
+
+    s = ctx.recipe["augment"]
+    run = ctx.recipe["run"]
+    mlm, vectors = _augment_sources(ctx)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"train{ctx.train.suffix or '.tsv'}"
+    options = AugmentOptions(n=s["n"], p=s["p"], k=s["k"], seed=run["seed"],
+                             threads=run["threads"])
+    # Continue a killed run from its partial file; a fresh run replaces a stale output.
+    partial = target.with_name(target.name + ".partial")
+    summary = augment(ctx.train, target, columns=ctx.columns(), options=options, mlm=mlm,
+                      mlm_options=MaskedLMOptions(mode=s["mode"], min_gap=s["min_gap"]),
+                      vectors=vectors, teacher=ctx.teacher, resume=resume and partial.exists(),
+                      overwrite=True, progress=ctx.progress)
+    return StageResult(target, summary)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,11 +237,16 @@ def _selfdistill_decide(ctx: Context) -> Decision:
 
 
 def _unlabeled(ctx: Context) -> Path:
-    return ctx.unlabeled or ctx.train
+    """FastBERT's unlabeled text: --unlabeled, else the augmented training file, else the
+    training file (its labels are ignored)."""
+    return ctx.unlabeled or ctx.artifacts.get("augment") or ctx.train
 
 
 def _selfdistill_inputs(ctx: Context) -> dict[str, str]:
-    inputs = {"unlabeled": digest_path(_unlabeled(ctx))}
+    if ctx.unlabeled is None and "augment" in ctx.artifacts:
+        inputs = ctx.upstream("augment")
+    else:
+        inputs = {"unlabeled": digest_path(_unlabeled(ctx))}
     if "task" not in ctx.fingerprints and "finetune" not in ctx.fingerprints:
         inputs["model"] = digest_path(_model_to_adapt(ctx))
     return inputs | ctx.upstream("finetune", "task")
@@ -306,6 +349,70 @@ def _teacher_metrics(ctx: Context, examples: list[Any]) -> dict[str, float]:
     return task_metrics(meta.task, logits, dev.labels)
 
 
+# --------------------------------------------------------------------------------------------
+# bench (tinyfast bench: the bundle beside the teacher and the peers, on the dev set)
+
+
+def _bench_decide(ctx: Context) -> Decision:
+    enabled = ctx.recipe["bench"]["enabled"]
+    if enabled and "export" not in ctx.artifacts:
+        raise ConfigError("[bench] measures the exported bundle; it needs [export] enabled")
+    return Decision(enabled, "on in the recipe" if enabled else "off in the recipe")
+
+
+def _bench_inputs(ctx: Context) -> dict[str, str]:
+    inputs = {"dev": digest_path(ctx.dev)} | ctx.upstream("finetune", "export")
+    if "finetune" not in ctx.fingerprints:
+        inputs["teacher"] = digest_path(ctx.classifier())
+    return inputs
+
+
+def _bench_run(ctx: Context, out: Path, resume: bool) -> StageResult:
+    from tinyfast.bench.command import BenchOptions, run_bench
+
+    s = ctx.recipe["bench"]
+    columns = ctx.columns()
+    out.mkdir(parents=True, exist_ok=True)
+    options = BenchOptions(
+        model=str(ctx.artifacts["export"]), data=str(ctx.dev), teacher=str(ctx.classifier()),
+        checkpoint=str(_model_to_export(ctx)), speeds=s["speeds"], threads=s["threads"],
+        batch_size=s["batch_size"], rounds=s["rounds"], latency_rows=s["latency_rows"] or None,
+        max_rows=s["max_rows"] or None, calibration_rows=s["calibration_rows"],
+        contenders=s["contenders"], work_dir=str(out / "work"), text_a=columns.text_a,
+        text_b=columns.text_b, label=columns.label, seed=ctx.recipe["run"]["seed"],
+        progress=ctx.progress, command="tinyfast pipeline (bench stage)")
+    report = run_bench(options)
+    target = out / "bench.json"
+    target.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    measured = {}
+    for name, rec in report["contenders"].items():
+        keep = ("accuracy", "throughput_rows_per_s") if "accuracy" in rec else ("skipped",
+                                                                              "failed")
+        measured[name] = {k: rec[k] for k in keep if k in rec}
+    return StageResult(target, {"contenders": measured, "wall_seconds": report["wall_seconds"]})
+
+
+# --------------------------------------------------------------------------------------------
+# report (report.md and plots from every stage's records)
+
+
+def _report_decide(ctx: Context) -> Decision:
+    enabled = ctx.recipe["report"]["enabled"]
+    return Decision(enabled, "on in the recipe" if enabled else "off in the recipe")
+
+
+def _report_inputs(ctx: Context) -> dict[str, str]:
+    return ctx.upstream(*ctx.fingerprints)
+
+
+def _report_run(ctx: Context, out: Path, resume: bool) -> StageResult:
+    from tinyfast.report import build_report
+
+    path = build_report(ctx.out, plots=ctx.recipe["report"]["plots"])
+    return StageResult(path, {"report": path.relative_to(ctx.out).as_posix(),
+                              "plots": sorted(p.name for p in path.parent.glob("*.png"))})
+
+
 @dataclass(frozen=True)
 class StageRunner:
     decide: Callable[[Context], Decision]
@@ -313,20 +420,14 @@ class StageRunner:
     run: Callable[[Context, Path, bool], StageResult]
 
 
-def _never(ctx: Context) -> dict[str, str]:
-    return {}
-
-
-def _cannot(ctx: Context, out: Path, resume: bool) -> StageResult:
-    raise ConfigError("this stage is not available in this tinyfast")
-
-
 STAGE_RUNNERS: dict[str, StageRunner] = {
     "finetune": StageRunner(_finetune_decide, _finetune_inputs, _finetune_run),
-    "augment": StageRunner(_augment_decide, _never, _cannot),
+    "augment": StageRunner(_augment_decide, _augment_inputs, _augment_run),
     "general": StageRunner(_general_decide, _general_inputs, _general_run),
     "task": StageRunner(_task_decide, _task_inputs, _task_run),
     "selfdistill": StageRunner(_selfdistill_decide, _selfdistill_inputs, _selfdistill_run),
     "export": StageRunner(_export_decide, _export_inputs, _export_run),
     "evaluate": StageRunner(_evaluate_decide, _evaluate_inputs, _evaluate_run),
+    "bench": StageRunner(_bench_decide, _bench_inputs, _bench_run),
+    "report": StageRunner(_report_decide, _report_inputs, _report_run),
 }
