@@ -30,8 +30,8 @@ use crate::error::{Error, Result};
 use crate::files::{open_regular, read_utf8};
 use crate::gemm::PackedWeights;
 use crate::model::{
-    Branch, Dims, Embeddings, EncoderLayer, Exit, F32Linear, FastBertBranch, Head, Int8Linear,
-    LayerNormWeights, Linear, ModelWeights,
+    Branch, BranchAttention, Dims, Embeddings, EncoderLayer, Exit, F32Linear, FastBertBranch, Head,
+    Int8Linear, LayerNormWeights, Linear, ModelWeights,
 };
 use crate::quant::{QuantError, QuantizedMatrix};
 use crate::tokenize::TextTokenizer;
@@ -335,6 +335,22 @@ impl Store<'_> {
         F32Linear::new(&w, n, k, b).map_err(|m| self.err(format!("`{prefix}`: {m}")))
     }
 
+    /// The key and value projections of the fastbert branch `prefix` (the key bias is read,
+    /// and its shape checked, but the folded attention does not need it).
+    fn branch_attention(
+        &mut self,
+        prefix: &str,
+        w: usize,
+        heads: usize,
+    ) -> Result<BranchAttention> {
+        let key = self.f32(&format!("{prefix}.key.weight"))?;
+        self.f32(&format!("{prefix}.key.bias"))?;
+        let value = self.f32(&format!("{prefix}.value.weight"))?;
+        let value_bias = self.f32(&format!("{prefix}.value.bias"))?;
+        BranchAttention::new(key, &value, value_bias, w, heads)
+            .map_err(|m| self.err(format!("`{prefix}` key and value: {m}")))
+    }
+
     fn encoder_linear(
         &mut self,
         prefix: &str,
@@ -420,8 +436,7 @@ fn build(config: &BundleConfig, s: &mut Store) -> Result<ModelWeights> {
                 Branch::FastBert(Box::new(FastBertBranch {
                     dense_in: s.f32_linear(&format!("{p}.dense_in"), w, h)?,
                     query: s.f32_linear(&format!("{p}.query"), w, w)?,
-                    key: s.f32_linear(&format!("{p}.key"), w, w)?,
-                    value: s.f32_linear(&format!("{p}.value"), w, w)?,
+                    attention: s.branch_attention(&p, w, dims.branch_heads)?,
                     attn_out: s.f32_linear(&format!("{p}.attn_out"), w, w)?,
                     dense: s.f32_linear(&format!("{p}.dense"), w, w)?,
                     classifier: s.f32_linear(&format!("{p}.classifier"), c, w)?,

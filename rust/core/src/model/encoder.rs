@@ -358,28 +358,16 @@ fn fastbert_logits(
     fb.dense_in
         .forward(&ws.x[..t * h], t, &mut ws.bh[..t * w], isa);
     par_map_rows(&mut ws.bh[..t * w], w, |rows| tanh_in_place(isa, rows));
-    // Self-attention: keys and values of every token, the query of [CLS] only (the branch
-    // reads nothing but h[CLS] afterwards).
-    fb.key.forward(&ws.bh[..t * w], t, &mut ws.bk[..t * w], isa);
-    fb.value
-        .forward(&ws.bh[..t * w], t, &mut ws.bv[..t * w], isa);
+    // Self-attention, [CLS] query only (the branch reads nothing but h[CLS] afterwards), with
+    // the key and value projections folded into it: no token's key or value is formed.
     gather_cls(&ws.bh[..t * w], w, w, &ws.offsets, &mut ws.cls_a[..b * w]);
     fb.query
         .forward(&ws.cls_a[..b * w], b, &mut ws.cls_b[..b * w], isa);
-    let rows = |data| Rows {
-        data,
-        stride: w,
-        col: 0,
-    };
-    attention(
+    fb.attention.forward(
         isa,
-        rows(&ws.cls_b[..b * w]),
-        rows(&ws.bk[..t * w]),
-        rows(&ws.bv[..t * w]),
-        w,
-        model.dims.branch_heads,
+        &ws.cls_b[..b * w],
+        &ws.bh[..t * w],
         &ws.offsets,
-        &ws.seq_ident[..b],
         &mut ws.scores,
         &mut ws.cls_a[..b * w],
     );
@@ -460,7 +448,8 @@ mod tests {
     use crate::config::Activation;
     use crate::gemm::PackedWeights;
     use crate::model::{
-        Dims, Embeddings, EncoderLayer, Exit, F32Linear, FastBertBranch, Head, Int8Linear, Linear,
+        BranchAttention, Dims, Embeddings, EncoderLayer, Exit, F32Linear, FastBertBranch, Head,
+        Int8Linear, Linear,
     };
     use crate::quant::quantize_weights;
     use crate::testing::SplitMix64;
@@ -516,8 +505,14 @@ mod tests {
         let fastbert = FastBertBranch {
             dense_in: f32_linear(&mut rng, W, H),
             query: f32_linear(&mut rng, W, W),
-            key: f32_linear(&mut rng, W, W),
-            value: f32_linear(&mut rng, W, W),
+            attention: BranchAttention::new(
+                values(&mut rng, W * W, 0.25),
+                &values(&mut rng, W * W, 0.25),
+                values(&mut rng, W, 0.1),
+                W,
+                2,
+            )
+            .unwrap(),
             attn_out: f32_linear(&mut rng, W, W),
             dense: f32_linear(&mut rng, W, W),
             classifier: f32_linear(&mut rng, C, W),

@@ -8,10 +8,13 @@
 //! - [`vmath`]: vectorizable exp, erf and GELU (scalar, AVX2 and AVX-512, same bits).
 //! - [`lanes`]: one f32 vector type over AVX2 and AVX-512, for kernels written once.
 //! - [`attention`]: multi-head attention over packed (unpadded) sequences.
+//! - [`branch`]: a FastBERT branch's attention, its key and value projections folded into the
+//!   `[CLS]` query.
 //! - [`workspace`]: the per-call scratch and its packed-sequence layout.
 //! - [`encoder`]: the forward pass with early exit and batch compaction.
 
 pub mod attention;
+pub mod branch;
 pub mod encoder;
 pub(crate) mod lanes;
 pub mod linear;
@@ -21,6 +24,7 @@ pub mod quantize;
 pub mod vmath;
 pub mod workspace;
 
+pub use branch::BranchAttention;
 pub use linear::{Int8Linear, Linear};
 pub use matmul::F32Linear;
 pub use workspace::Workspace;
@@ -92,8 +96,8 @@ pub struct Head {
 pub struct FastBertBranch {
     pub dense_in: F32Linear,
     pub query: F32Linear,
-    pub key: F32Linear,
-    pub value: F32Linear,
+    /// The key and value projections, applied folded (see [`branch`]).
+    pub attention: BranchAttention,
     pub attn_out: F32Linear,
     pub dense: F32Linear,
     pub classifier: F32Linear,

@@ -54,7 +54,8 @@ pub struct Workspace {
     pub(crate) tok_seq: Vec<u32>,
     /// The chunk-local input row of each running sequence, `[B]`.
     pub(crate) seq_row: Vec<usize>,
-    /// `0, 1, ..., B - 1`: query rows of the branch attention (one [CLS] query per sequence).
+    /// `0, 1, ..., B - 1`: the sequence of each query row of an attention over the `[CLS]` rows
+    /// alone (one query per sequence).
     pub(crate) seq_ident: Vec<u32>,
     /// Hidden states `[T, H]`.
     pub(crate) x: Vec<f32>,
@@ -71,12 +72,11 @@ pub struct Workspace {
     pub(crate) ffn: Vec<f32>,
     /// Quantized activations of an int8 linear's input.
     pub(crate) quant: QuantScratch,
-    /// Attention scratch (a tile's queries and scores) per parallel task.
+    /// Attention scratch (a tile's queries and scores, or the branch attention's) per parallel
+    /// task.
     pub(crate) scores: Vec<f32>,
-    /// Branch hidden states, keys and values `[T, W]`.
+    /// Branch hidden states `[T, W]`.
     pub(crate) bh: Vec<f32>,
-    pub(crate) bk: Vec<f32>,
-    pub(crate) bv: Vec<f32>,
     /// Per-sequence rows ([CLS] vectors and what follows from them), `[B, max(H, W)]`.
     pub(crate) cls_a: Vec<f32>,
     pub(crate) cls_b: Vec<f32>,
@@ -97,8 +97,6 @@ impl Workspace {
         fit(&mut self.ffn, tokens * f);
         self.quant.reserve(tokens, h.max(f));
         fit(&mut self.bh, tokens * w);
-        fit(&mut self.bk, tokens * w);
-        fit(&mut self.bv, tokens * w);
         fit(&mut self.cls_a, seqs * h.max(w));
         fit(&mut self.cls_b, seqs * h.max(w));
         fit(&mut self.logits, seqs * d.outputs);
