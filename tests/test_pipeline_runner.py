@@ -19,7 +19,9 @@ from safetensors.torch import load_file  # noqa: E402
 
 from test_cli import one_error_line  # noqa: E402
 from tinyfast import cli  # noqa: E402
+from tinyfast.bench.plan import tinyfast_name  # noqa: E402
 from tinyfast.errors import ConfigError  # noqa: E402
+from tinyfast.exits import chosen_point  # noqa: E402
 from tinyfast.pipeline.recipe import DEFAULTS, STAGES, Recipe, load_recipe  # noqa: E402
 from tinyfast.pipeline.runner import run_pipeline  # noqa: E402
 
@@ -76,11 +78,13 @@ def test_every_stage_runs_and_leaves_its_artifact(first_run):
     task = json.loads((out / "task" / "metrics.json").read_text(encoding="utf-8"))
     assert task["train"] == str(out / "augment" / "train.tsv") and task["train_rows"] == 3 * 96
     bench = json.loads((out / "bench" / "bench.json").read_text(encoding="utf-8"))
+    # The recipe's speeds and the one evaluate chose on the dev set.
+    curve = json.loads((out / "evaluate" / "curve.json").read_text(encoding="utf-8"))
+    chosen = chosen_point(curve["points"])
     measured = {n for n, rec in bench["contenders"].items() if "accuracy" in rec}
-    assert measured == {"torch_fp32", "tinyfast_int8_speed0", "tinyfast_int8_speed0.5"}
+    assert measured == {"torch_fp32", *(tinyfast_name(s) for s in {0.0, 0.5, chosen["speed"]})}
     assert bench["data"]["rows"] == 24 and bench["settings"]["rounds"] == 1
     assert "| bench |" in (out / "report" / "report.md").read_text(encoding="utf-8")
-    curve = json.loads((out / "evaluate" / "curve.json").read_text(encoding="utf-8"))
     assert [p["speed"] for p in curve["points"]] == [0.0, 0.5, 1.0]
     assert curve["points"][0]["mean_exit_layer"] == 2.0  # the tiny student has 2 layers
     results = summary["results"]
@@ -190,15 +194,17 @@ def test_default_recipe_and_files(tmp_path):
 def test_demo_recipe_goes_over_the_defaults_and_a_file_over_it(tmp_path):
     from tinyfast.pipeline.demo import DEMO_RECIPE, QUICK_RECIPE, demo_recipe
 
-    demo = demo_recipe()
+    student = tmp_path / "student.json"
+    demo = demo_recipe(student)
     assert demo["augment"]["enabled"] is True and demo["run"]["max_length"] == 32
+    assert demo["task"]["student"] == str(student)
     assert demo["task"]["intermediate_lr"] == DEFAULTS["task"]["intermediate_lr"]
-    quick = demo_recipe(quick=True)
-    assert quick["task"]["prediction_epochs"] == QUICK_RECIPE["task"]["prediction_epochs"]
+    quick = demo_recipe(student, quick=True)
+    assert quick["selfdistill"]["epochs"] == QUICK_RECIPE["selfdistill"]["epochs"]
     assert quick["run"]["max_length"] == DEMO_RECIPE["run"]["max_length"]
     mine = tmp_path / "mine.toml"
     mine.write_text("[bench]\nenabled = false\n", encoding="utf-8")
-    over = demo_recipe(quick=True, path=mine)
+    over = demo_recipe(student, quick=True, path=mine)
     assert over["bench"]["enabled"] is False
     assert over["augment"]["n"] == QUICK_RECIPE["augment"]["n"]
     assert over.source == str(mine)

@@ -61,7 +61,7 @@ class Context:
         from tinyfast.train import TrainConfig
 
         run = self.recipe["run"]
-        values = dict(seed=run["seed"], progress=self.progress, log_every=50)
+        values = dict(seed=run["seed"], progress=self.progress, log_every=20)
         values.update({k: settings[k] for k in ("epochs", "lr", "batch_size", "warmup",
                                                 "eval_every") if k in settings})
         values.update(fields)
@@ -361,10 +361,22 @@ def _bench_decide(ctx: Context) -> Decision:
 
 
 def _bench_inputs(ctx: Context) -> dict[str, str]:
-    inputs = {"dev": digest_path(ctx.dev)} | ctx.upstream("finetune", "export")
+    inputs = {"dev": digest_path(ctx.dev)} | ctx.upstream("finetune", "export", "evaluate")
     if "finetune" not in ctx.fingerprints:
         inputs["teacher"] = digest_path(ctx.classifier())
     return inputs
+
+
+def _bench_speeds(ctx: Context) -> list[float]:
+    """The recipe's speeds and, when the evaluate stage ran, its chosen speed (the largest
+    within tinyfast.exits.ACCURACY_TOLERANCE_POINTS of speed 0 on the dev set)."""
+    from tinyfast.exits import chosen_point
+
+    speeds = set(ctx.recipe["bench"]["speeds"])
+    chosen = chosen_point(ctx.summaries.get("evaluate", {}).get("points") or [])
+    if chosen is not None:
+        speeds.add(chosen["speed"])
+    return sorted(speeds)
 
 
 def _bench_run(ctx: Context, out: Path, resume: bool) -> StageResult:
@@ -375,7 +387,7 @@ def _bench_run(ctx: Context, out: Path, resume: bool) -> StageResult:
     out.mkdir(parents=True, exist_ok=True)
     options = BenchOptions(
         model=str(ctx.artifacts["export"]), data=str(ctx.dev), teacher=str(ctx.classifier()),
-        checkpoint=str(_model_to_export(ctx)), speeds=s["speeds"], threads=s["threads"],
+        checkpoint=str(_model_to_export(ctx)), speeds=_bench_speeds(ctx), threads=s["threads"],
         batch_size=s["batch_size"], rounds=s["rounds"], latency_rows=s["latency_rows"] or None,
         max_rows=s["max_rows"] or None, calibration_rows=s["calibration_rows"],
         contenders=s["contenders"], work_dir=str(out / "work"), text_a=columns.text_a,
