@@ -80,6 +80,12 @@ class StageResult:
     summary: dict[str, Any]
 
 
+def _by_recipe(ctx: Context, stage: str) -> Decision:
+    """A stage that runs when its recipe table says ``enabled = true``."""
+    enabled = ctx.recipe[stage]["enabled"]
+    return Decision(enabled, "on in the recipe" if enabled else "off in the recipe")
+
+
 # --------------------------------------------------------------------------------------------
 # finetune
 
@@ -93,7 +99,7 @@ def _finetune_decide(ctx: Context) -> Decision:
     if not enabled and not has_head:
         raise ConfigError(f"[finetune] enabled = false, but the teacher {ctx.teacher} is not a "
                           "fine-tuned tinyfast classifier (no tinyfast_task.json)")
-    return Decision(bool(enabled), "on in the recipe" if enabled else "off in the recipe")
+    return _by_recipe(ctx, "finetune")
 
 
 def _finetune_inputs(ctx: Context) -> dict[str, str]:
@@ -116,8 +122,7 @@ def _finetune_run(ctx: Context, out: Path, resume: bool) -> StageResult:
 
 
 def _augment_decide(ctx: Context) -> Decision:
-    enabled = ctx.recipe["augment"]["enabled"]
-    return Decision(enabled, "on in the recipe" if enabled else "off in the recipe")
+    return _by_recipe(ctx, "augment")
 
 
 def _augment_sources(ctx: Context) -> tuple[str | None, str | None]:
@@ -168,7 +173,7 @@ def _general_decide(ctx: Context) -> Decision:
     if enabled == "auto":
         return Decision(ctx.corpus is not None, "a corpus is given" if ctx.corpus
                         else "no corpus given")
-    return Decision(bool(enabled), "on in the recipe" if enabled else "off in the recipe")
+    return _by_recipe(ctx, "general")
 
 
 def _general_inputs(ctx: Context) -> dict[str, str]:
@@ -192,8 +197,7 @@ def _general_run(ctx: Context, out: Path, resume: bool) -> StageResult:
 
 
 def _task_decide(ctx: Context) -> Decision:
-    enabled = ctx.recipe["task"]["enabled"]
-    return Decision(enabled, "on in the recipe" if enabled else "off in the recipe")
+    return _by_recipe(ctx, "task")
 
 
 def _task_inputs(ctx: Context) -> dict[str, str]:
@@ -232,8 +236,7 @@ def _model_to_adapt(ctx: Context) -> Path:
 
 
 def _selfdistill_decide(ctx: Context) -> Decision:
-    enabled = ctx.recipe["selfdistill"]["enabled"]
-    return Decision(enabled, "on in the recipe" if enabled else "off in the recipe")
+    return _by_recipe(ctx, "selfdistill")
 
 
 def _unlabeled(ctx: Context) -> Path:
@@ -271,8 +274,7 @@ def _model_to_export(ctx: Context) -> Path:
 
 
 def _export_decide(ctx: Context) -> Decision:
-    enabled = ctx.recipe["export"]["enabled"]
-    return Decision(enabled, "on in the recipe" if enabled else "off in the recipe")
+    return _by_recipe(ctx, "export")
 
 
 def _export_inputs(ctx: Context) -> dict[str, str]:
@@ -297,10 +299,10 @@ def _export_run(ctx: Context, out: Path, resume: bool) -> StageResult:
 
 
 def _evaluate_decide(ctx: Context) -> Decision:
-    enabled = ctx.recipe["evaluate"]["enabled"]
-    if enabled and "export" not in ctx.artifacts:
+    decision = _by_recipe(ctx, "evaluate")
+    if decision.run and "export" not in ctx.artifacts:
         raise ConfigError("[evaluate] runs the exported bundle; it needs [export] enabled")
-    return Decision(enabled, "on in the recipe" if enabled else "off in the recipe")
+    return decision
 
 
 def _evaluate_inputs(ctx: Context) -> dict[str, str]:
@@ -354,10 +356,10 @@ def _teacher_metrics(ctx: Context, examples: list[Any]) -> dict[str, float]:
 
 
 def _bench_decide(ctx: Context) -> Decision:
-    enabled = ctx.recipe["bench"]["enabled"]
-    if enabled and "export" not in ctx.artifacts:
+    decision = _by_recipe(ctx, "bench")
+    if decision.run and "export" not in ctx.artifacts:
         raise ConfigError("[bench] measures the exported bundle; it needs [export] enabled")
-    return Decision(enabled, "on in the recipe" if enabled else "off in the recipe")
+    return decision
 
 
 def _bench_inputs(ctx: Context) -> dict[str, str]:
@@ -409,8 +411,7 @@ def _bench_run(ctx: Context, out: Path, resume: bool) -> StageResult:
 
 
 def _report_decide(ctx: Context) -> Decision:
-    enabled = ctx.recipe["report"]["enabled"]
-    return Decision(enabled, "on in the recipe" if enabled else "off in the recipe")
+    return _by_recipe(ctx, "report")
 
 
 def _report_inputs(ctx: Context) -> dict[str, str]:
