@@ -116,11 +116,13 @@ def test_a_changed_setting_reruns_its_stage_and_the_later_ones(
                       "evaluate": "ran", "bench": "ran", "report": "ran"}
 
 
-def test_from_reruns_that_stage_and_the_later_ones(first_run, tiny_teacher_dir, demo_data):
-    _, out, recipe, _ = first_run
+def test_from_reruns_that_stage_and_the_later_ones(first_run, tiny_teacher_dir, demo_data,
+                                                   monkeypatch):
+    root, out, recipe, _ = first_run
+    monkeypatch.chdir(root)  # OUT given relative, as from a shell
     argv = ["pipeline", "--teacher", str(tiny_teacher_dir), "--train", str(demo_data["train"]),
             "--dev", str(demo_data["dev"]), "--corpus", str(demo_data["corpus"]), "--out",
-            str(out), "--recipe", str(recipe), "--no-progress"]
+            out.name, "--recipe", str(recipe), "--no-progress"]
     assert cli.main(argv) == 0  # brings every stage up to this recipe (other tests change it)
     assert cli.main([*argv, "--from", "export"]) == 0
     summary = json.loads((out / "pipeline" / "summary.json").read_text("utf-8"))

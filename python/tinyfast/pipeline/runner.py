@@ -66,7 +66,7 @@ def run_pipeline(
         recipe = load_recipe(recipe)
     if from_stage is not None and from_stage not in STAGES:
         raise ConfigError(f"--from {from_stage}: no such stage (stages: {', '.join(STAGES)})")
-    out = Path(out)
+    out = Path(out).absolute()  # stages may hand back absolute paths; records hold relative ones
     ctx = Context(teacher=str(teacher), train=Path(train), dev=Path(dev), out=out,
                   recipe=recipe, corpus=Path(corpus) if corpus else None,
                   unlabeled=Path(unlabeled) if unlabeled else None, progress=progress)
