@@ -3,7 +3,7 @@
 ``pytest benches/micro`` collects the ``bench_*.py`` files of this directory; the project's plain
 ``pytest`` run never comes here (its testpaths are ``tests``). Fixtures shared by the suites:
 the shared data folder (``--data``), real SST-2 sentences, and a MiniLM-shaped int8 bundle with
-random weights, built once per session.
+random weights, built once per pytest run.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def run_pipeline(
         recipe = load_recipe(recipe)
     if from_stage is not None and from_stage not in STAGES:
         raise ConfigError(f"--from {from_stage}: no such stage (stages: {', '.join(STAGES)})")
-    out = Path(out).absolute()  # stages may hand back absolute paths; records hold relative ones
+    out = Path(out)
     ctx = Context(teacher=str(teacher), train=Path(train), dev=Path(dev), out=out,
                   recipe=recipe, corpus=Path(corpus) if corpus else None,
                   unlabeled=Path(unlabeled) if unlabeled else None, progress=progress)
@@ -110,7 +110,7 @@ def run_pipeline(
         t0 = time.perf_counter()
         result = runner.run(ctx, out / name, resume)
         seconds = time.perf_counter() - t0
-        artifact_rel = result.artifact.relative_to(out).as_posix() if result.artifact else None
+        artifact_rel = _inside(out, result.artifact) if result.artifact else None
         _write_json(record_path, {"stage": name, "fingerprint": fp, "status": "done",
                                   "artifact": artifact_rel, "seconds": seconds,
                                   "summary": result.summary})
@@ -122,6 +122,12 @@ def run_pipeline(
     summary = _summary(ctx, stages, started)
     _write_json(out / RECORDS / "summary.json", summary)
     return summary
+
+
+def _inside(out: Path, path: Path) -> str:
+    """``path`` relative to ``out`` (either may be relative or absolute: stages hand back
+    both kinds)."""
+    return path.absolute().relative_to(out.absolute()).as_posix()
 
 
 def _summary(ctx: Context, stages: dict[str, Any], started: float) -> dict[str, Any]:
@@ -137,7 +143,7 @@ def _summary(ctx: Context, stages: dict[str, Any], started: float) -> dict[str, 
         "recipe": ctx.recipe.to_dict(),
         "recipe_source": ctx.recipe.source,
         "stages": dict(stages),
-        "artifacts": {k: v.relative_to(ctx.out).as_posix() for k, v in ctx.artifacts.items()},
+        "artifacts": {k: _inside(ctx.out, v) for k, v in ctx.artifacts.items()},
         "results": _results(ctx),
         "seconds": time.perf_counter() - started,
     }
