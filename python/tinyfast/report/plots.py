@@ -90,17 +90,17 @@ def _accuracy_vs_throughput(outputs: Outputs, target: Path) -> Plot | str:
                       key=lambda name: records[name]["speed"])
     figure = _figure(7.5, 5.0)
     ax = figure.add_subplot()
-    for name, (x, y) in points.items():
-        if name not in adaptive:
-            ax.scatter([x], [y], zorder=3)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    # Peers go in the legend: on an easy task their points coincide and labels would overlap.
+    markers = "sD^vP*Xph"
+    for index, (name, (x, y)) in enumerate(n for n in points.items() if n[0] not in adaptive):
+        ax.scatter([x], [y], zorder=3, marker=markers[index % len(markers)], label=name)
     if adaptive:
         ax.plot([points[n][0] for n in adaptive], [points[n][1] for n in adaptive], marker="o",
                 color="black", zorder=4, label="tinyfast int8, by early-exit speed")
         for name in adaptive:
             ax.annotate(f"speed {speed(records[name]['speed'])}", points[name],
                         textcoords="offset points", xytext=(5, -11), fontsize=8)
-        ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     batch = (outputs.bench.get("settings") or {}).get("batch_size")
     ax.set_xscale("log")
     ax.set_xlabel(f"rows/s at batch {batch} (log scale)" if is_number(batch) else
