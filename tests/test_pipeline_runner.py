@@ -172,6 +172,8 @@ def test_a_stage_killed_midway_finishes_as_if_never_stopped(
     stages = json.loads(rerun.stdout)["stages"]
     assert stages["finetune"]["status"] == "skipped"
     assert stages["task"]["status"] == "ran" and stages["task"]["resumed"] is True
+    # The record says so, and a later rerun that skips the stage still tells.
+    assert json.loads(record.read_text(encoding="utf-8"))["resumed"] is True
     for stage in ("task", "selfdistill"):
         a = load_file(str(whole / stage / "model" / "model.safetensors"))
         b = load_file(str(killed / stage / "model" / "model.safetensors"))

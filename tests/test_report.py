@@ -183,6 +183,13 @@ def test_report_path_and_stage_table(out):
         assert row in text, row
 
 
+def test_a_stage_resumed_when_it_ran_says_so_when_skipped(out):
+    set_stage(out, "finetune", {"status": "skipped", "reason": "inputs and settings unchanged",
+                                "seconds": 1234.0, "resumed": True})
+    text = build_report(out, plots=False).read_text(encoding="utf-8")
+    assert "| finetune | skipped (unchanged; resumed when it ran) | 20:34 |" in text
+
+
 def test_headline_is_computed_from_the_curve(out):
     text = build_report(out, plots=False).read_text(encoding="utf-8")
     teacher, base, chosen = TEACHER_ACCURACY, CURVE["points"][0], CURVE["points"][2]

@@ -99,7 +99,7 @@ def run_pipeline(
                 ctx.artifacts[name] = out / artifact
             ctx.summaries[name] = record["summary"]
             stages[name] = {"status": "skipped", "reason": "inputs and settings unchanged",
-                            "seconds": record["seconds"]}
+                            "seconds": record["seconds"], "resumed": record.get("resumed", False)}
             _say(progress, f"{name}: unchanged, skipped")
             continue
         resume = same and record["status"] == "running"
@@ -111,8 +111,9 @@ def run_pipeline(
         result = runner.run(ctx, out / name, resume)
         seconds = time.perf_counter() - t0
         artifact_rel = _inside(out, result.artifact) if result.artifact else None
+        # seconds: this invocation's; a resumed stage's earlier invocations are not counted.
         _write_json(record_path, {"stage": name, "fingerprint": fp, "status": "done",
-                                  "artifact": artifact_rel, "seconds": seconds,
+                                  "artifact": artifact_rel, "seconds": seconds, "resumed": resume,
                                   "summary": result.summary})
         ctx.fingerprints[name] = fp
         if result.artifact is not None:

@@ -100,12 +100,14 @@ def duration(seconds: Any) -> str:
 
 def stage_status(info: dict[str, Any]) -> str:
     """A stage's line of ``summary.json``'s ``stages`` in words: ``ran``, ``ran (resumed)``,
-    ``skipped (unchanged)``, ``off in the recipe``, ``off (no corpus given)``."""
+    ``skipped (unchanged)``, ``off in the recipe``, ``off (no corpus given)``. A resumed stage's
+    wall time counts only the invocation that finished it."""
     status = info.get("status")
     if status == "ran":
         return "ran (resumed)" if info.get("resumed") else "ran"
     if status == "skipped":
-        return "skipped (unchanged)"
+        return "skipped (unchanged; resumed when it ran)" if info.get("resumed") \
+            else "skipped (unchanged)"
     if status == "off":
         reason = str(info.get("reason") or "").strip()
         if not reason:

@@ -36,7 +36,8 @@ def stage_section(outputs: Outputs) -> str:
                      result or MISSING])
     body = table(["stage", "status", "wall time", "result"], rows, [False, False, True, False])
     note = ("A skipped stage's wall time is that of the run that made its output; the total "
-            "above counts this run alone.")
+            "above counts this run alone. A resumed stage's wall time counts only the "
+            "invocation that finished it.")
     return f"{title}\n\n{body}\n\n{note}"
 
 
