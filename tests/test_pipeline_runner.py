@@ -119,10 +119,11 @@ def test_a_changed_setting_reruns_its_stage_and_the_later_ones(
 def test_from_reruns_that_stage_and_the_later_ones(first_run, tiny_teacher_dir, demo_data,
                                                    monkeypatch):
     root, out, recipe, _ = first_run
-    monkeypatch.chdir(root)  # OUT given relative, as from a shell
+    (root / "elsewhere").mkdir(exist_ok=True)
+    monkeypatch.chdir(root / "elsewhere")  # OUT given relative and through "..", as from a shell
     argv = ["pipeline", "--teacher", str(tiny_teacher_dir), "--train", str(demo_data["train"]),
             "--dev", str(demo_data["dev"]), "--corpus", str(demo_data["corpus"]), "--out",
-            out.name, "--recipe", str(recipe), "--no-progress"]
+            f"../{out.name}", "--recipe", str(recipe), "--no-progress"]
     assert cli.main(argv) == 0  # brings every stage up to this recipe (other tests change it)
     assert cli.main([*argv, "--from", "export"]) == 0
     summary = json.loads((out / "pipeline" / "summary.json").read_text("utf-8"))

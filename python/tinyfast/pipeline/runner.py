@@ -126,9 +126,9 @@ def run_pipeline(
 
 
 def _inside(out: Path, path: Path) -> str:
-    """``path`` relative to ``out`` (either may be relative or absolute: stages hand back
-    both kinds)."""
-    return path.absolute().relative_to(out.absolute()).as_posix()
+    """``path`` relative to ``out`` (either may be relative or absolute, with ``..`` or
+    symbolic links: stages hand back resolved paths)."""
+    return path.resolve().relative_to(out.resolve()).as_posix()
 
 
 def _summary(ctx: Context, stages: dict[str, Any], started: float) -> dict[str, Any]:
