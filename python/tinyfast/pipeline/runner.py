@@ -116,8 +116,8 @@ def run_pipeline(
                                   "artifact": artifact_rel, "seconds": seconds, "resumed": resume,
                                   "summary": result.summary})
         ctx.fingerprints[name] = fp
-        if result.artifact is not None:
-            ctx.artifacts[name] = result.artifact
+        if artifact_rel is not None:  # as a skipped stage's: OUT as given, then the record's path
+            ctx.artifacts[name] = out / artifact_rel
         ctx.summaries[name] = result.summary
         stages[name] = {"status": "ran", "resumed": resume, "seconds": seconds}
     summary = _summary(ctx, stages, started)
