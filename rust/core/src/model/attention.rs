@@ -164,25 +164,40 @@ pub fn self_attention(
             )));
         }
     }
-    let h = width;
+    self_attention_qkv(isa, qkv, width, heads, offsets, token_seq, scores, out);
+    Ok(())
+}
+
+/// [`attention`] over a fused projection buffer: each token's row holds its query, key and
+/// value side by side (`[T, 3 * width]`), as the encoder's qkv linear writes them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn self_attention_qkv(
+    isa: Isa,
+    qkv: &[f32],
+    width: usize,
+    heads: usize,
+    offsets: &[usize],
+    token_seq: &[u32],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let rows = |col| Rows {
         data: qkv,
-        stride: 3 * h,
+        stride: 3 * width,
         col,
     };
     attention(
         isa,
         rows(0),
-        rows(h),
-        rows(2 * h),
-        h,
+        rows(width),
+        rows(2 * width),
+        width,
         heads,
         offsets,
         token_seq,
         scores,
         out,
     );
-    Ok(())
 }
 
 /// What every query of an [`attention`] call shares.

@@ -26,7 +26,7 @@ use std::fmt;
 
 use rayon::prelude::*;
 
-use super::attention::{attention, Rows};
+use super::attention::{attention, self_attention_qkv, Rows};
 use super::linear::rows_per_task;
 use super::ops::{activation, add_layer_norm, layer_norm, tanh_in_place, uncertainty};
 use super::workspace::{QuantScratch, Workspace};
@@ -219,17 +219,9 @@ fn rest_of_layer(
 ) -> Result<()> {
     let d = &model.dims;
     let h = d.hidden;
-    let qkv = &ws.qkv[..t * 3 * h];
-    let rows = |col| Rows {
-        data: qkv,
-        stride: 3 * h,
-        col,
-    };
-    attention(
+    self_attention_qkv(
         isa,
-        rows(0),
-        rows(h),
-        rows(2 * h),
+        &ws.qkv[..t * 3 * h],
         h,
         d.heads,
         &ws.offsets,
