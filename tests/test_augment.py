@@ -144,10 +144,13 @@ def run_augment(demo_data, out: Path, **kw):
 
 
 def test_same_seed_same_bytes_on_one_or_two_threads(demo_data, tiny_mlm, tmp_path):
+    from tinyfast.augment import MaskedLMOptions
+
     outs = []
-    for threads in (1, 2):
+    for threads in (1, 2):  # the Rust sampler's threads and the int8 masked LM's
         out = tmp_path / f"t{threads}.tsv"
-        summary = run_augment(demo_data, out, mlm=str(tiny_mlm), options={"threads": threads})
+        summary = run_augment(demo_data, out, mlm=str(tiny_mlm), options={"threads": threads},
+                              mlm_options=MaskedLMOptions(threads=threads))
         assert summary["masked_lm_words"] > 0 and summary["rows"] == 96
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
@@ -171,6 +174,28 @@ def test_word_and_multi_masking_both_work(demo_data, tiny_mlm, tmp_path):
                               mlm_options=MaskedLMOptions(mode=mode, context="masked"))
         forwards[mode] = summary["masked_lm_forwards"]
     assert forwards["multi"] < forwards["word"]
+
+
+def test_int8_and_torch_backends_propose_the_same_words(demo_data, tiny_mlm, tmp_path):
+    """The int8 runtime is the CPU default; its candidates are the torch model's up to int8
+    rounding (a float32 bundle would match exactly; tests/test_masked_lm_runtime.py)."""
+    from tinyfast.augment import MaskedLMOptions
+    from tinyfast.augment.masked_lm import MaskedLM, load_masked_lm
+
+    model, tokenizer = load_masked_lm(str(tiny_mlm))
+    vocab = model.config.vocab_size
+    allowed = np.ones(vocab, dtype=bool)
+    tokens = [["the", "film", "was", "dull"], ["a", "fine", "cast"]]
+    sentence, token = np.array([0, 0, 1]), np.array([1, 3, 1])
+    found = {backend: MaskedLM(model, tokenizer, allowed, MaskedLMOptions(
+                 mode="word", backend=backend, threads=1)).candidates(tokens, sentence, token, 5)
+             for backend in ("int8", "torch")}
+    assert found["int8"].shape == found["torch"].shape == (3, 5)
+    overlap = np.mean([len(set(a) & set(b)) / 5
+                       for a, b in zip(found["int8"], found["torch"], strict=True)])
+    assert overlap >= 0.6, found
+    with pytest.raises(ConfigError, match="unknown masked-LM backend"):
+        MaskedLMOptions(backend="onnx")
 
 
 def test_pairs_vary_one_side_at_a_time(tmp_path, tiny_teacher_dir):

@@ -158,6 +158,23 @@ class Runtime:
         )
         return self._prediction(out)
 
+    def masked_lm_top_k(self, input_ids: Any, lengths: Any, positions: Any, k: int, *,
+                        token_type_ids: Any = None, allowed: Any = None, batch_size: int = 64
+                        ) -> np.ndarray:
+        """A ``masked_lm`` bundle's ``k`` best vocabulary ids at masked positions: int64 [M, k],
+        best first (-1 where fewer than ``k`` ids are allowed).
+
+        ``input_ids`` [N, W] right-padded rows with their ``lengths`` [N]; ``positions`` [M, 2]
+        (row, token) pairs, tokens counted from 0 with the special tokens; ``allowed`` [V] bools
+        restricts the ids returned. A position's ids do not depend on the other rows or on
+        ``batch_size``."""
+        return self._native.masked_lm_top_k(
+            _int_array(input_ids, "input_ids"), _int_array(lengths, "lengths"),
+            _int_array(positions, "positions"), int(k),
+            token_type_ids=_int_array(token_type_ids, "token_type_ids"),
+            allowed=None if allowed is None else np.ascontiguousarray(allowed, dtype=bool),
+            batch_size=int(batch_size))
+
     def tokenize(self, texts_or_pairs: Iterable[TextInput] | np.ndarray) -> dict[str, np.ndarray]:
         """Token ids exactly as :meth:`predict` sees them: int64 ``input_ids``,
         ``token_type_ids`` and ``attention_mask`` [N, W] (right-padded with 0 to the longest row)

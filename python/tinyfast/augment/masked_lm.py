@@ -7,6 +7,11 @@ Two masking modes:
 - ``multi``: several words of a sentence masked in one input, at least ``min_gap`` tokens apart,
   so a sentence needs a few forwards instead of one per word.
 
+Two backends: ``torch`` runs the checkpoint (bf16/fp16 on CUDA); ``int8`` runs a BERT masked LM
+through tinyfast's int8 CPU runtime (the checkpoint exported once to a ``masked_lm`` bundle in a
+temporary directory: the encoder's linears and the vocabulary decoder in int8, the top-k in Rust).
+``auto`` takes ``int8`` on the CPU for BERT checkpoints and ``torch`` otherwise.
+
 Two contexts: ``pair`` is TinyBERT's input ``[CLS] masked sentence [SEP] sentence [SEP]`` (the
 model sees the word it replaces, and proposes words close to it, which keeps labels; it also
 makes ``multi`` harmless, as every masked word is visible in the copy); ``masked`` is the masked
@@ -16,6 +21,7 @@ sentence alone (half the tokens, freer candidates).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +35,7 @@ from tinyfast.models.loading import load_config
 MODES = ("multi", "word")
 CONTEXTS = ("pair", "masked")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("auto", "int8", "torch")
 
 
 @dataclass(frozen=True)
@@ -38,9 +45,14 @@ class MaskedLMOptions:
     min_gap: int = 3  # tokens between two words masked in the same input
     batch_tokens: int = 8192  # padded tokens per forward
     device: str | None = None  # default: CUDA when available
-    dtype: str = "auto"  # auto: bfloat16 (or float16) on CUDA, float32 on the CPU
+    dtype: str = "auto"  # torch backend; auto: bfloat16 (or float16) on CUDA, float32 on the CPU
+    backend: str = "auto"  # auto: int8 on the CPU for a BERT masked LM, else torch
+    threads: int = 0  # int8 backend: runtime threads (0 = one per core)
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown masked-LM backend {self.backend!r} (expected "
+                              f"{', '.join(BACKENDS)})")
         if self.mode not in MODES:
             raise ConfigError(f"unknown masking mode {self.mode!r} (expected {', '.join(MODES)})")
         if self.context not in CONTEXTS:
@@ -75,6 +87,39 @@ def load_masked_lm(name_or_path: str) -> tuple[nn.Module, Any]:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"{path}: cannot load the masked LM: {first}") from None
     return model.eval(), load_tokenizer(path)
+
+
+def write_masked_lm_bundle(model: nn.Module, tokenizer: Any, out: str | Path,
+                           dtype: str = "int8", max_length: int = 512) -> Path:
+    """The ``masked_lm`` bundle (docs/bundle.md) of a BERT masked LM and its fast tokenizer, for
+    the int8 runtime's ``masked_lm_top_k``; returns its path."""
+    from tinyfast.bundle.writer import runtime_tokenizer
+    from tinyfast.bundle.writer import write_masked_lm_bundle as write
+
+    config = model.config
+    if getattr(config, "model_type", None) != "bert" or not hasattr(model, "cls"):
+        raise ConfigError(f"the int8 runtime runs BERT masked LMs only, not "
+                          f"{getattr(config, 'model_type', type(model).__name__)}")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ConfigError("the int8 runtime needs the masked LM's fast tokenizer "
+                          "(tokenizer.json)")
+
+    def numpy(t: torch.Tensor) -> np.ndarray:
+        return t.detach().to(torch.float32).cpu().numpy()
+
+    encoder = {k: numpy(v) for k, v in model.state_dict().items() if k.startswith("bert.")}
+    transform = model.cls.predictions.transform
+    decoder = model.get_output_embeddings()
+    head = {"transform.weight": numpy(transform.dense.weight),
+            "transform.bias": numpy(transform.dense.bias),
+            "norm.weight": numpy(transform.LayerNorm.weight),
+            "norm.bias": numpy(transform.LayerNorm.bias),
+            "decoder.weight": numpy(decoder.weight), "decoder.bias": numpy(decoder.bias)}
+    text = runtime_tokenizer(backend.to_str(), "the masked LM's tokenizer",
+                             int(config.vocab_size))
+    return write(encoder, head, config, text, out, dtype=dtype, max_length=max_length,
+                 source=str(getattr(config, "_name_or_path", "")))
 
 
 def _output_head(model: nn.Module) -> nn.Module | None:
@@ -144,6 +189,8 @@ class MaskedLM:
             raise ConfigError("--device cuda: no CUDA device is available")
         self.device = torch.device(device)
         self.dtype = _dtype(options.dtype, self.device)
+        self.runtime = self._int8_runtime(model, tokenizer, options)
+        self.backend = "torch" if self.runtime is None else "int8"
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.head = _output_head(model)
@@ -154,6 +201,7 @@ class MaskedLM:
         penalty = np.full(vocab, -np.inf, dtype=np.float32)
         penalty[: len(allowed)][allowed] = 0.0
         self.penalty = torch.from_numpy(penalty).to(self.device)
+        self.allowed = penalty == 0.0
         config = model.config
         self.max_length = min(getattr(config, "max_position_embeddings", 512) or 512, 512)
         self.two_segments = (getattr(config, "type_vocab_size", 2) or 1) >= 2
@@ -166,6 +214,29 @@ class MaskedLM:
         # Where the first sentence's tokens start in a built input (1, after BERT's [CLS]).
         self.offset = self.single_template.offset
         self.forwards = 0
+
+    def _int8_runtime(self, model: nn.Module, tokenizer: Any, options: MaskedLMOptions
+                      ) -> Any:
+        """The int8 runtime of the masked LM when the backend asks for it, else None."""
+        bert = getattr(model.config, "model_type", None) == "bert" and hasattr(model, "cls")
+        backend = options.backend
+        if backend == "auto":
+            backend = "int8" if self.device.type == "cpu" and bert else "torch"
+        if backend == "torch":
+            return None
+        if self.device.type != "cpu":
+            raise ConfigError("the int8 masked-LM backend runs on the CPU; use --mlm-backend "
+                              "torch with --device cuda")
+        import tempfile
+
+        from tinyfast import Runtime
+
+        # The bundle lives only while it loads: the runtime holds every weight in memory.
+        with tempfile.TemporaryDirectory(prefix="tinyfast-mlm-") as tmp:
+            positions = getattr(model.config, "max_position_embeddings", 512) or 512
+            bundle = write_masked_lm_bundle(model, tokenizer, Path(tmp) / "bundle",
+                                            max_length=min(positions, 512))
+            return Runtime.load(bundle, threads=options.threads)
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -245,6 +316,11 @@ class MaskedLM:
 
     def _run(self, inputs: list[_Input], out: np.ndarray, width: int) -> None:
         inputs.sort(key=lambda x: len(x.ids))
+        if self.runtime is not None:
+            # The runtime packs sequences without padding and sizes its own chunks.
+            if inputs:
+                self._int8_forward(inputs, out, width)
+            return
         start = 0
         while start < len(inputs):
             longest = len(inputs[start].ids)
@@ -254,11 +330,31 @@ class MaskedLM:
                 if longest * (end + 1 - start) > self.options.batch_tokens:
                     break
                 end += 1
-            self._forward(inputs[start:end], out, width)
+            self._torch_forward(inputs[start:end], out, width)
             start = end
 
+    def _int8_forward(self, batch: list[_Input], out: np.ndarray, width: int) -> None:
+        width_tokens = max(len(x.ids) for x in batch)
+        n = len(batch)
+        ids = np.full((n, width_tokens), self.pad_id, dtype=np.int64)
+        types = np.zeros((n, width_tokens), dtype=np.int64)
+        lengths = np.zeros(n, dtype=np.int64)
+        at, rows = [], []
+        for i, x in enumerate(batch):
+            ids[i, : len(x.ids)] = x.ids
+            types[i, : len(x.types)] = x.types
+            lengths[i] = len(x.ids)
+            at += [(i, p) for p in x.positions]
+            rows += x.rows
+        k = min(width, len(self.allowed))
+        found = self.runtime.masked_lm_top_k(
+            ids, lengths, np.asarray(at, dtype=np.int64).reshape(-1, 2), k,
+            token_type_ids=types, allowed=self.allowed, batch_size=n)  # chunked by tokens
+        out[np.asarray(rows), :k] = found
+        self.forwards += n
+
     @torch.inference_mode()
-    def _forward(self, batch: list[_Input], out: np.ndarray, width: int) -> None:
+    def _torch_forward(self, batch: list[_Input], out: np.ndarray, width: int) -> None:
         width_tokens = max(len(x.ids) for x in batch)
         n = len(batch)
         ids = torch.full((n, width_tokens), self.pad_id, dtype=torch.long)

@@ -22,7 +22,7 @@ BUNDLE_TOKENIZER = "tokenizer.json"
 EXIT_KINDS = ("fastbert", "linear")
 HIDDEN_ACTS = ("gelu", "gelu_new")
 QUANTIZATIONS = ("int8", "none")
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "masked_lm")
 _ARCH_INTS = (
     "vocab_size",
     "hidden_size",
@@ -77,8 +77,8 @@ def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{where}: task is {task!r}, expected one of {', '.join(TASKS)}")
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise ConfigError(f"{where}: labels must be a list of strings")
-    if task == "regression" and labels:
-        raise ConfigError(f"{where}: labels must be [] for a regression task")
+    if task in ("regression", "masked_lm") and labels:
+        raise ConfigError(f"{where}: labels must be [] for a {task} task")
     if task == "classification" and len(labels) < 2:
         raise ConfigError(f"{where}: a classification bundle needs at least 2 labels")
     max_length = config.get("max_length")
@@ -92,6 +92,8 @@ def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     exits = config.get("exits")
     if not isinstance(exits, list):
         raise ConfigError(f"{where}: exits must be a list")
+    if task == "masked_lm" and exits:
+        raise ConfigError(f"{where}: a masked_lm bundle has no exits, got {len(exits)}")
     previous = 0
     for i, entry in enumerate(exits):
         if not isinstance(entry, dict):
@@ -142,6 +144,18 @@ def expected_tensors(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...],
         for norm in ("attn_norm", "ffn_norm"):
             out[f"layers.{layer}.{norm}.weight"] = ((h,), "F32")
             out[f"layers.{layer}.{norm}.bias"] = ((h,), "F32")
+    if config["task"] == "masked_lm":
+        v = arch["vocab_size"]
+        out["head.transform.weight"] = ((h, h), "F32")
+        out["head.transform.bias"] = ((h,), "F32")
+        out["head.norm.weight"] = ((h,), "F32")
+        out["head.norm.bias"] = ((h,), "F32")
+        # The decoder is stored like an encoder linear.
+        out["head.decoder.weight"] = ((v, h), "I8" if int8 else "F32")
+        if int8:
+            out["head.decoder.scale"] = ((v,), "F32")
+        out["head.decoder.bias"] = ((v,), "F32")
+        return out
     out["head.pooler.weight"] = ((h, h), "F32")
     out["head.pooler.bias"] = ((h,), "F32")
     out["head.classifier.weight"] = ((c, h), "F32")

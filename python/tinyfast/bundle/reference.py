@@ -189,6 +189,8 @@ class ReferenceModel:
 
     def _head(self, x: np.ndarray) -> np.ndarray:
         t = self.tensors
+        if self.task == "masked_lm":
+            raise ValueError("a masked_lm bundle has no classifier head; use masked_lm_logits")
         pooled = _f32(np.tanh(_dense(x[:1], t["head.pooler.weight"], t["head.pooler.bias"])))
         return _dense(pooled, t["head.classifier.weight"], t["head.classifier.bias"])[0]
 
@@ -269,3 +271,26 @@ class ReferenceModel:
         return logits, exit_layer
 
     __call__ = forward
+
+    def masked_lm_logits(self, input_ids: Any, positions: Any, token_type_ids: Any = None,
+                         attention_mask: Any = None) -> np.ndarray:
+        """A masked_lm bundle's vocabulary logits [M, V] at the (row, token) pairs of
+        ``positions`` [M, 2]: ``decoder(LayerNorm(act(transform(x))))`` of the last layer."""
+        if self.task != "masked_lm":
+            raise ValueError(f"masked_lm_logits needs a masked_lm bundle, not {self.task}")
+        ids, types, mask = self._inputs(input_ids, token_type_ids, attention_mask)
+        t = self.tensors
+        out = []
+        for row, token in np.asarray(positions, dtype=np.int64).reshape(-1, 2):
+            x = t["embeddings.word"][ids[row]] + t["embeddings.position"][:ids.shape[1]]
+            x = _f32(x + t["embeddings.token_type"][types[row]])
+            x = _layer_norm(x, t["embeddings.norm.weight"], t["embeddings.norm.bias"], self.eps)
+            key_bias = np.where(mask[row] > 0, 0.0, -np.inf)
+            for layer in range(self.num_layers):
+                x = self._layer(x, layer, key_bias)
+            h = _gelu(_dense(x[token : token + 1], t["head.transform.weight"],
+                             t["head.transform.bias"]), self.hidden_act)
+            h = _layer_norm(h, t["head.norm.weight"], t["head.norm.bias"], self.eps)
+            out.append(self._linear(h, "head.decoder")[0])
+        v = self.config["architecture"]["vocab_size"]
+        return np.stack(out) if out else np.zeros((0, v), dtype=np.float32)

@@ -67,9 +67,13 @@ def add_commands(sub: Any) -> None:
                    help="tokens between two words masked together (default: %(default)s)")
     m.add_argument("--batch-tokens", type=positive_int, default=8192,
                    help="padded tokens per forward (default: %(default)s)")
+    m.add_argument("--mlm-backend", choices=["auto", "int8", "torch"], default="auto",
+                   help="int8: tinyfast's int8 CPU runtime (BERT masked LMs); torch: the "
+                        "checkpoint in torch; auto: int8 on the CPU for BERT, else torch")
     m.add_argument("--device", choices=["cpu", "cuda"], default=None)
     m.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
-                   default="auto", help="auto: bfloat16/float16 on CUDA, float32 on the CPU")
+                   default="auto", help="torch backend: auto is bfloat16/float16 on CUDA, float32 "
+                                        "on the CPU")
     r = aug.add_argument_group("run")
     r.add_argument("--threads", type=nonnegative_int, default=0,
                    help="Rust worker threads, 0 = one per core (torch: --torch-threads)")
@@ -120,7 +124,8 @@ def _augment(args: argparse.Namespace) -> int:
         mlm=args.mlm,
         mlm_options=MaskedLMOptions(mode=args.mask_mode, context=args.context,
                                     min_gap=args.min_gap, batch_tokens=args.batch_tokens,
-                                    device=args.device, dtype=args.dtype),
+                                    device=args.device, dtype=args.dtype,
+                                    backend=args.mlm_backend, threads=args.threads),
         vectors=args.vectors, index=args.index, teacher=args.teacher, resume=args.resume,
         overwrite=args.overwrite, progress=not args.no_progress)
     keys = ("rows", "rows_out", "masked_lm_words", "vector_words", "seconds", "out")

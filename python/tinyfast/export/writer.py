@@ -7,29 +7,27 @@ module to register the command, and ``tinyfast info`` must keep working without 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tinyfast._io import read_json_object, read_limited, replace_dir
-from tinyfast.bundle import (
-    BUNDLE_CONFIG,
-    BUNDLE_FORMAT,
-    BUNDLE_TOKENIZER,
-    BUNDLE_VERSION,
-    BUNDLE_WEIGHTS,
-    HIDDEN_ACTS,
-    ReferenceModel,
-)
+from tinyfast._io import read_json_object, read_limited
+from tinyfast.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, HIDDEN_ACTS
 from tinyfast.bundle.quantize import quantize_weights
+from tinyfast.bundle.writer import (
+    DTYPES,
+    architecture,
+    bert_tensors,
+    check_out_dir,
+    runtime_tokenizer,
+    write_bundle,
+)
 from tinyfast.errors import ConfigError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from tinyfast.models.branches import Branches
@@ -38,7 +36,6 @@ __all__ = ["DTYPES", "SUPPORTED_ARCHITECTURE", "export", "quantize_weight"]
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("int8", "f32")
 SUPPORTED_ARCHITECTURE = "BertForSequenceClassification"
 # The runtime's own limit for tokenizer.json: a bundle must load where it was written.
 TOKENIZER_LIMIT = 128 << 20
@@ -165,44 +162,12 @@ def _load_model(path: Path, config: Any) -> Any:
 # Building the bundle
 
 
-def _encoder_tensors(model: Any, quantize: bool) -> dict[str, torch.Tensor]:
-    """Every non-branch tensor of the bundle, named as docs/bundle.md names them."""
+def _encoder_tensors(model: Any, quantize: bool) -> dict[str, np.ndarray]:
+    """Every non-branch tensor of a classifier's bundle, named as docs/bundle.md names them."""
     import torch
 
-    sd = {k: v.detach().to(torch.float32) for k, v in model.state_dict().items()}
-    emb = "bert.embeddings."
-    out = {
-        "embeddings.word": sd[emb + "word_embeddings.weight"],
-        "embeddings.position": sd[emb + "position_embeddings.weight"],
-        "embeddings.token_type": sd[emb + "token_type_embeddings.weight"],
-        "embeddings.norm.weight": sd[emb + "LayerNorm.weight"],
-        "embeddings.norm.bias": sd[emb + "LayerNorm.bias"],
-    }
-
-    def linear(name: str, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        if quantize:
-            out[name + ".weight"], out[name + ".scale"] = quantize_weight(weight)
-        else:
-            out[name + ".weight"] = weight
-        out[name + ".bias"] = bias
-
-    for layer in range(model.config.num_hidden_layers):
-        hf = f"bert.encoder.layer.{layer}."
-        ours = f"layers.{layer}."
-        attn = hf + "attention.self."
-        # Query, key, value stacked along the output axis: one GEMM serves all three.
-        qkv_w = torch.cat([sd[attn + n + ".weight"] for n in ("query", "key", "value")], dim=0)
-        qkv_b = torch.cat([sd[attn + n + ".bias"] for n in ("query", "key", "value")], dim=0)
-        linear(ours + "qkv", qkv_w, qkv_b)
-        linear(ours + "attn_out", sd[hf + "attention.output.dense.weight"],
-               sd[hf + "attention.output.dense.bias"])
-        out[ours + "attn_norm.weight"] = sd[hf + "attention.output.LayerNorm.weight"]
-        out[ours + "attn_norm.bias"] = sd[hf + "attention.output.LayerNorm.bias"]
-        linear(ours + "ffn_in", sd[hf + "intermediate.dense.weight"],
-               sd[hf + "intermediate.dense.bias"])
-        linear(ours + "ffn_out", sd[hf + "output.dense.weight"], sd[hf + "output.dense.bias"])
-        out[ours + "ffn_norm.weight"] = sd[hf + "output.LayerNorm.weight"]
-        out[ours + "ffn_norm.bias"] = sd[hf + "output.LayerNorm.bias"]
+    sd = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in model.state_dict().items()}
+    out = bert_tensors(sd, model.config.num_hidden_layers, quantize)
     out["head.pooler.weight"] = sd["bert.pooler.dense.weight"]
     out["head.pooler.bias"] = sd["bert.pooler.dense.bias"]
     out["head.classifier.weight"] = sd["classifier.weight"]
@@ -247,55 +212,7 @@ def _tokenizer_json(path: Path, vocab_size: int) -> str:
 
         # transformers converts a slow tokenizer's files to a fast one (or says it cannot).
         text = load_tokenizer(path).backend_tokenizer.to_str()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{source}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    data["truncation"] = None
-    data["padding"] = None
-    text = json.dumps(data, ensure_ascii=False)
-    from tokenizers import Tokenizer
-
-    try:
-        tokenizer = Tokenizer.from_str(text)
-    except Exception as exc:  # tokenizers raises plain Exception subclasses
-        raise ConfigError(f"{source}: not a valid tokenizers file: {exc}") from None
-    top = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
-    if top >= vocab_size:
-        raise ConfigError(f"{source}: the tokenizer produces ids up to {top}, but the model's "
-                          f"vocab_size is {vocab_size}")
-    return text
-
-
-def _check_out_dir(out: Path) -> None:
-    """Replace only what is clearly a bundle (or nothing): never a user's other files."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a directory")
-    if any(out.iterdir()) and not (out / BUNDLE_CONFIG).is_file():
-        raise ConfigError(f"{out}: exists, is not empty and holds no {BUNDLE_CONFIG}; refusing to "
-                          "replace it (choose a new directory)")
-
-
-def _usual_permissions(directory: Path) -> None:
-    """mkdtemp makes a private (0700) directory and safetensors a 0600 file; a bundle is meant
-    to be deployed and read by other users, so give it what the umask gives any new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for file in directory.iterdir():
-        os.chmod(file, 0o666 & ~umask)
-
-
-def _publish(new: Path, target: Path) -> None:
-    """Swap the finished bundle in; a concurrent writer of the same OUT makes one of the two
-    renames fail, and that loser says so in one line (the winner's bundle stays whole)."""
-    try:
-        replace_dir(new, target)
-    except OSError as exc:
-        raise ConfigError(f"{target}: another process replaced it while this export was writing "
-                          f"({exc.strerror}); nothing of this export was published") from None
+    return runtime_tokenizer(text, source, vocab_size)
 
 
 def export(
@@ -315,7 +232,6 @@ def export(
     ``progress`` prints each stage to stderr.
     """
     import torch
-    from safetensors.torch import save_file
 
     from tinyfast import __version__
     from tinyfast.models import resolve_model_path
@@ -324,7 +240,7 @@ def export(
         raise ConfigError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     path = resolve_model_path(model_dir)
     out = Path(out_dir).expanduser().resolve()  # "." or "x/.." still name a real directory
-    _check_out_dir(out)
+    check_out_dir(out)
     _check_architecture(_read_raw_config(path), path / "config.json")
     from transformers import BertConfig
 
@@ -358,27 +274,15 @@ def export(
     with torch.no_grad():
         tensors = _encoder_tensors(model, quantize=dtype == "int8")
         if branches is not None:
-            tensors.update({k: v.detach().to(torch.float32) for k, v in
+            tensors.update({k: v.detach().to(torch.float32).cpu().numpy() for k, v in
                             branches.state_dict().items()})
-    tensors = {k: v.contiguous().clone() for k, v in tensors.items()}  # no shared storage
     exits = [] if branches is None else [
         {"layer": layer, "kind": kind} for layer, kind in branches.kinds.items()
     ]
     bundle: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
-        "architecture": {
-            "type": "bert",
-            "vocab_size": int(config.vocab_size),
-            "hidden_size": int(config.hidden_size),
-            "num_layers": int(config.num_hidden_layers),
-            "num_heads": int(config.num_attention_heads),
-            "intermediate_size": int(config.intermediate_size),
-            "max_position_embeddings": positions,
-            "type_vocab_size": int(config.type_vocab_size),
-            "layer_norm_eps": float(config.layer_norm_eps),
-            "hidden_act": str(config.hidden_act),
-        },
+        "architecture": architecture(config),
         "task": task,
         "labels": labels,
         "max_length": max_length,
@@ -390,21 +294,7 @@ def export(
         bundle["branch"] = {"width": branches.width, "heads": branches.heads}
     bundle["source"] = {"model": str(path), "tinyfast_version": __version__}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        say(f"writing {out}")
-        save_file(tensors, str(tmp / BUNDLE_WEIGHTS))
-        (tmp / BUNDLE_CONFIG).write_text(json.dumps(bundle, indent=2) + "\n", encoding="utf-8")
-        (tmp / BUNDLE_TOKENIZER).write_text(tokenizer_text, encoding="utf-8")
-        _usual_permissions(tmp)
-        # Read it back through the contract's checks before anyone can see it.
-        say("checking the bundle against docs/bundle.md")
-        ReferenceModel.load(tmp)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_bundle(out, tensors, bundle, tokenizer_text, say)
     log.info("wrote %s (%s, %d exits)", out, bundle["quantization"], len(exits))
     return out
 

@@ -40,8 +40,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # Off by default: the augmented train file is about n + 1 times the rows, and task
     # distillation's epochs run over all of them. "" for mlm: word vectors for every word; ""
     # for vectors: whole-word vectors built from the teacher's word-piece embeddings.
+    # backend: what runs the masked LM (int8: the int8 runtime, CPU only; torch: float32 on the
+    # CPU, bfloat16/float16 on CUDA); their candidates differ by rounding, so it is pinned.
     "augment": {"enabled": False, "n": 20, "p": 0.4, "k": 15, "mlm": "", "vectors": "",
-                "mode": "multi", "min_gap": 3},
+                "mode": "multi", "min_gap": 3, "backend": "int8"},
     "general": {"enabled": "auto", "student": "tinybert4", "epochs": 1.3, "lr": 3e-4,
                 "batch_size": 64, "warmup": 0.05, "eval_every": 250, "heldout": 0.01},
     "task": {"enabled": True, "student": "tinybert4", "init": "auto",
@@ -67,6 +69,7 @@ _CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("selfdistill", "branch"): ("fastbert", "linear"),
     ("export", "dtype"): ("int8", "f32"),
     ("augment", "mode"): ("multi", "word"),  # tinyfast.augment.masked_lm.MODES (needs torch)
+    ("augment", "backend"): ("int8", "torch"),
 }
 # List settings whose items are names from a fixed set (other lists hold numbers).
 _NAME_LISTS: dict[tuple[str, str], tuple[str, ...]] = {("bench", "contenders"): FAMILIES}

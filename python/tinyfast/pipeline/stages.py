@@ -156,7 +156,8 @@ def _augment_run(ctx: Context, out: Path, resume: bool) -> StageResult:
     # Continue a killed run from its partial file; a fresh run replaces a stale output.
     partial = target.with_name(target.name + ".partial")
     summary = augment(ctx.train, target, columns=ctx.columns(), options=options, mlm=mlm,
-                      mlm_options=MaskedLMOptions(mode=s["mode"], min_gap=s["min_gap"]),
+                      mlm_options=MaskedLMOptions(mode=s["mode"], min_gap=s["min_gap"],
+                                                  backend=s["backend"], threads=run["threads"]),
                       vectors=vectors, teacher=ctx.teacher, resume=resume and partial.exists(),
                       overwrite=True, progress=ctx.progress)
     return StageResult(target, summary)

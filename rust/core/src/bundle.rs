@@ -30,8 +30,8 @@ use crate::error::{Error, Result};
 use crate::files::{open_regular, read_utf8};
 use crate::gemm::PackedWeights;
 use crate::model::{
-    Branch, BranchAttention, Dims, Embeddings, EncoderLayer, Exit, F32Linear, FastBertBranch, Head,
-    Int8Linear, LayerNormWeights, Linear, ModelWeights,
+    Branch, BranchAttention, ClassifierHead, Dims, Embeddings, EncoderLayer, Exit, F32Linear,
+    FastBertBranch, Head, Int8Linear, LayerNormWeights, Linear, MaskedLmHead, ModelWeights,
 };
 use crate::quant::{QuantError, QuantizedMatrix};
 use crate::tokenize::TextTokenizer;
@@ -139,10 +139,26 @@ fn for_each_expected(config: &BundleConfig, f: &mut dyn FnMut(Spec) -> Result<()
             }
         }
     }
-    t("head.pooler.weight".into(), &[h, h], Dtype::F32)?;
-    t("head.pooler.bias".into(), &[h], Dtype::F32)?;
-    t("head.classifier.weight".into(), &[c, h], Dtype::F32)?;
-    t("head.classifier.bias".into(), &[c], Dtype::F32)?;
+    if config.task == Task::MaskedLm {
+        t("head.transform.weight".into(), &[h, h], Dtype::F32)?;
+        t("head.transform.bias".into(), &[h], Dtype::F32)?;
+        t("head.norm.weight".into(), &[h], Dtype::F32)?;
+        t("head.norm.bias".into(), &[h], Dtype::F32)?;
+        // The decoder is stored like an encoder linear: int8 with scales, or f32.
+        let v = a.vocab_size;
+        if int8 {
+            t("head.decoder.weight".into(), &[v, h], Dtype::I8)?;
+            t("head.decoder.scale".into(), &[v], Dtype::F32)?;
+        } else {
+            t("head.decoder.weight".into(), &[v, h], Dtype::F32)?;
+        }
+        t("head.decoder.bias".into(), &[v], Dtype::F32)?;
+    } else {
+        t("head.pooler.weight".into(), &[h, h], Dtype::F32)?;
+        t("head.pooler.bias".into(), &[h], Dtype::F32)?;
+        t("head.classifier.weight".into(), &[c, h], Dtype::F32)?;
+        t("head.classifier.bias".into(), &[c], Dtype::F32)?;
+    }
     for exit in &config.exits {
         let p = format!("exits.{}", exit.layer);
         match exit.kind {
@@ -420,9 +436,17 @@ fn build(config: &BundleConfig, s: &mut Store) -> Result<ModelWeights> {
             ffn_norm: s.norm(&format!("{p}.ffn_norm"))?,
         });
     }
-    let head = Head {
-        pooler: s.f32_linear("head.pooler", h, h)?,
-        classifier: s.f32_linear("head.classifier", c, h)?,
+    let head = if config.task == Task::MaskedLm {
+        Head::MaskedLm(Box::new(MaskedLmHead {
+            transform: s.f32_linear("head.transform", h, h)?,
+            norm: s.norm("head.norm")?,
+            decoder: s.encoder_linear("head.decoder", a.vocab_size, h, q)?,
+        }))
+    } else {
+        Head::Classifier(ClassifierHead {
+            pooler: s.f32_linear("head.pooler", h, h)?,
+            classifier: s.f32_linear("head.classifier", c, h)?,
+        })
     };
     let mut exits = Vec::with_capacity(config.exits.len());
     for spec in &config.exits {

@@ -57,6 +57,9 @@ pub enum Activation {
 pub enum Task {
     Classification,
     Regression,
+    /// A masked language model: its head gives vocabulary logits at chosen token positions
+    /// ([`crate::runtime::Runtime::masked_lm_top_k`]); no labels, no exits.
+    MaskedLm,
 }
 
 /// `quantization`.
@@ -116,6 +119,7 @@ impl BundleConfig {
         match self.task {
             Task::Classification => self.labels.len(),
             Task::Regression => 1,
+            Task::MaskedLm => self.architecture.vocab_size,
         }
     }
 
@@ -149,10 +153,14 @@ impl BundleConfig {
         let task = match top.string("task")?.as_str() {
             "classification" => Task::Classification,
             "regression" => Task::Regression,
+            "masked_lm" => Task::MaskedLm,
             other => {
                 return Err(top.err(
                     "task",
-                    format!("expected \"classification\" or \"regression\", got \"{other}\""),
+                    format!(
+                        "expected \"classification\", \"regression\" or \"masked_lm\", got \
+                         \"{other}\""
+                    ),
                 ))
             }
         };
@@ -179,6 +187,12 @@ impl BundleConfig {
             }
         };
         let exits = parse_exits(&mut top, architecture.num_layers)?;
+        if task == Task::MaskedLm && !exits.is_empty() {
+            return Err(top.err(
+                "exits",
+                format!("expected none for a masked_lm bundle, got {}", exits.len()),
+            ));
+        }
         let branch = parse_branch(&mut top)?;
         if branch.is_none() && exits.iter().any(|e| e.kind == ExitKind::FastBert) {
             return Err(top.err(
@@ -282,9 +296,17 @@ fn parse_labels(top: &mut Obj, task: Task) -> Result<Vec<String>> {
                 labels.len()
             ),
         )),
-        Task::Regression if !labels.is_empty() => Err(top.err(
+        Task::Regression | Task::MaskedLm if !labels.is_empty() => Err(top.err(
             "labels",
-            format!("expected [] for regression, got {} labels", labels.len()),
+            format!(
+                "expected [] for {}, got {} labels",
+                if task == Task::Regression {
+                    "regression"
+                } else {
+                    "masked_lm"
+                },
+                labels.len()
+            ),
         )),
         _ => Ok(labels),
     }
@@ -539,6 +561,23 @@ mod tests {
         assert_eq!(c.exits[0].kind, ExitKind::FastBert);
         assert_eq!(c.branch, Some(BranchShape { width: 8, heads: 2 }));
         assert_eq!(c.architecture.layer_norm_eps, 1e-12f32);
+    }
+
+    #[test]
+    fn masked_lm_bundles_have_no_labels_and_no_exits() {
+        let mut v = base();
+        v["task"] = "masked_lm".into();
+        v["labels"] = serde_json::json!([]);
+        v["exits"] = serde_json::json!([]);
+        let c = parse(&v).unwrap();
+        assert_eq!(c.task, Task::MaskedLm);
+        assert_eq!(c.num_outputs(), 50, "vocabulary logits");
+        let mut labelled = v.clone();
+        labelled["labels"] = serde_json::json!(["a", "b"]);
+        assert!(err_of(&labelled).contains("expected [] for masked_lm"));
+        let mut exits = v.clone();
+        exits["exits"] = serde_json::json!([{"layer": 1, "kind": "linear"}]);
+        assert!(err_of(&exits).contains("field `exits`: expected none for a masked_lm bundle"));
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! early exit, and its results written at the rows' input positions. A row's result never depends
 //! on the other rows of its chunk, so any `batch_size` gives the same bits.
 //!
+//! A `masked_lm` bundle answers [`Runtime::masked_lm_top_k`] instead: the best vocabulary ids at
+//! chosen token positions of pre-tokenized rows, chunked the same way.
+//!
 //! # Threads and memory
 //! All computation runs on the runtime's own rayon pool (`threads` workers; 0 = one per core),
 //! split over token rows (linears, LayerNorm, GELU, attention queries) and sequences. A `Runtime` is
@@ -28,6 +31,7 @@ use crate::config::{BundleConfig, Task};
 use crate::cpu::{Isa, KernelKind};
 use crate::error::{Error, Result};
 use crate::model::encoder::forward;
+use crate::model::masked_lm::{self, Position};
 use crate::model::ops::{argmax, softmax};
 use crate::model::Workspace;
 use crate::tokenize::{Encoded, Input, TokenBatch};
@@ -189,6 +193,7 @@ impl Runtime {
     /// Predicts texts or pairs. `speed` in `[0, 1]`: a row leaves after a branch whose normalized
     /// entropy is `< speed` (0 runs every layer); `batch_size >= 1` rows run together.
     pub fn predict(&self, inputs: &[Input], speed: f32, batch_size: usize) -> Result<Predictions> {
+        self.classifier()?;
         check_args(speed, batch_size)?;
         let batch_size = self.chunk_rows(batch_size);
         let c = self.bundle.weights.dims.outputs;
@@ -225,6 +230,7 @@ impl Runtime {
         speed: f32,
         batch_size: usize,
     ) -> Result<Predictions> {
+        self.classifier()?;
         check_args(speed, batch_size)?;
         self.validate(batch)?;
         let batch_size = self.chunk_rows(batch_size);
@@ -247,6 +253,124 @@ impl Runtime {
             Ok(())
         })?;
         self.finish(logits, exits)
+    }
+
+    /// The `k` best vocabulary ids of a `masked_lm` bundle at each `(row, position)` of `at`
+    /// (positions count the row's tokens from 0, special tokens included), best first, flattened
+    /// `[at.len(), k]`; `-1` fills the end of a list when fewer than `k` ids are allowed.
+    /// `allowed[id]` restricts the ids returned (all of them when `None`). Rows run in chunks of
+    /// at most `batch_size` rows and [`MAX_CHUNK_TOKENS`] tokens; a position's ids never depend on
+    /// the chunking.
+    pub fn masked_lm_top_k(
+        &self,
+        batch: &TokenBatch,
+        at: &[(usize, usize)],
+        allowed: Option<&[bool]>,
+        k: usize,
+        batch_size: usize,
+    ) -> Result<Vec<i64>> {
+        if self.bundle.config.task != Task::MaskedLm {
+            return Err(Error::input(
+                "masked-LM candidates need a masked_lm bundle; this one is a classifier",
+            ));
+        }
+        check_args(0.0, batch_size)?;
+        self.validate(batch)?;
+        let vocab = self.bundle.weights.dims.vocab;
+        if k == 0 || k > vocab {
+            return Err(Error::input(format!(
+                "k must be in 1..={vocab} (the vocabulary), got {k}"
+            )));
+        }
+        if let Some(a) = allowed {
+            if a.len() != vocab {
+                return Err(Error::input(format!(
+                    "allowed has {} entries; the vocabulary has {vocab}",
+                    a.len()
+                )));
+            }
+        }
+        let n = batch.rows();
+        // Positions by row, in their order within `at`: (row, position, index into `at`).
+        let mut by_row: Vec<(usize, usize, usize)> = Vec::with_capacity(at.len());
+        for (i, &(row, pos)) in at.iter().enumerate() {
+            if row >= n || pos >= batch.lengths[row] {
+                let len = batch.lengths.get(row).copied();
+                return Err(Error::input(match len {
+                    None => format!("position {i}: row {row} does not exist ({n} rows)"),
+                    Some(len) => {
+                        format!("position {i}: token {pos} is outside row {row} ({len} tokens)")
+                    }
+                }));
+            }
+            by_row.push((row, pos, i));
+        }
+        by_row.sort_unstable();
+        // Chunks of at most `batch_size` rows and MAX_CHUNK_TOKENS tokens: the rows' own lengths
+        // bound the workspace, so short masked inputs run in large chunks.
+        let mut chunks = Vec::new();
+        let (mut start, mut tokens) = (0, 0);
+        for (row, &len) in batch.lengths.iter().enumerate() {
+            if row > start && (row - start == batch_size || tokens + len > MAX_CHUNK_TOKENS) {
+                chunks.push(start..row);
+                (start, tokens) = (row, 0);
+            }
+            tokens += len;
+        }
+        if n > start {
+            chunks.push(start..n);
+        }
+        let mut out = vec![-1i64; at.len() * k];
+        self.with_workspace(|ws| {
+            let mut next = 0;
+            for std::ops::Range { start, end } in chunks {
+                let first = next;
+                while next < by_row.len() && by_row[next].0 < end {
+                    next += 1;
+                }
+                let chunk = &by_row[first..next];
+                if chunk.is_empty() {
+                    continue;
+                }
+                ws.begin();
+                for i in start..end {
+                    let (ids, types) = batch.row(i);
+                    ws.push_seq(ids, types);
+                }
+                let positions: Vec<Position> = chunk
+                    .iter()
+                    .map(|&(row, pos, _)| Position {
+                        seq: row - start,
+                        pos,
+                    })
+                    .collect();
+                let mut ids = vec![-1i64; chunk.len() * k];
+                masked_lm::top_k(
+                    &self.bundle.weights,
+                    ws,
+                    &positions,
+                    allowed,
+                    k,
+                    self.isa,
+                    &mut ids,
+                )?;
+                for (&(_, _, i), found) in chunk.iter().zip(ids.chunks_exact(k)) {
+                    out[i * k..(i + 1) * k].copy_from_slice(found);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// An error for calls a `masked_lm` bundle cannot answer.
+    fn classifier(&self) -> Result<()> {
+        if self.bundle.config.task == Task::MaskedLm {
+            return Err(Error::input(
+                "this is a masked_lm bundle: it gives masked-LM candidates, not predictions",
+            ));
+        }
+        Ok(())
     }
 
     /// `batch_size` capped to [`MAX_CHUNK_TOKENS`].

@@ -268,7 +268,7 @@ pub fn token_values(array: &IntArray, lengths: &[usize], name: &str) -> PyResult
     Ok(out)
 }
 
-fn matrix<'py, T: numpy::Element>(
+pub fn matrix<'py, T: numpy::Element>(
     py: Python<'py>,
     rows: usize,
     cols: usize,

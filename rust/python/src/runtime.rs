@@ -176,6 +176,98 @@ impl PyRuntime {
         })
     }
 
+    /// A masked_lm bundle's `k` best vocabulary ids at each `(row, token)` pair of `positions`
+    /// ([M, 2] integers) of the right-padded `input_ids` [N, W] with their `lengths` [N]: int64
+    /// [M, k], best first, -1 where fewer than k ids are allowed. `allowed` ([V] bools) restricts
+    /// the ids returned.
+    #[pyo3(signature = (
+        input_ids, lengths, positions, k, *, token_type_ids = None, allowed = None,
+        batch_size = 64
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn masked_lm_top_k<'py>(
+        &self,
+        py: Python<'py>,
+        input_ids: &Bound<'py, PyAny>,
+        lengths: &Bound<'py, PyAny>,
+        positions: &Bound<'py, PyAny>,
+        k: i64,
+        token_type_ids: Option<&Bound<'py, PyAny>>,
+        allowed: Option<&Bound<'py, PyAny>>,
+        batch_size: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        guarded(py, || {
+            let batch_size = check_batch_size(batch_size)?;
+            let k = usize::try_from(k)
+                .ok()
+                .filter(|&k| k >= 1)
+                .ok_or_else(|| PyValueError::new_err(format!("k must be at least 1, got {k}")))?;
+            let ids = convert::int_array(input_ids, "input_ids", 2)?;
+            let (rows, width) = (ids.rows(), ids.cols());
+            let lengths = convert::lengths_from_array(
+                &convert::int_array(lengths, "lengths", 1)?,
+                rows,
+                width,
+            )?;
+            let id_values = convert::token_values(&ids, &lengths, "input_ids")?;
+            let type_values = match token_type_ids {
+                None => None,
+                Some(types) => {
+                    let types = convert::int_array(types, "token_type_ids", 2)?;
+                    if types.shape != ids.shape {
+                        return Err(PyValueError::new_err(format!(
+                            "token_type_ids has shape {:?} but input_ids has {:?}",
+                            types.shape, ids.shape
+                        )));
+                    }
+                    Some(convert::token_values(&types, &lengths, "token_type_ids")?)
+                }
+            };
+            let pos = convert::int_array(positions, "positions", 2)?;
+            if pos.cols() != 2 {
+                return Err(PyValueError::new_err(format!(
+                    "positions must have shape [M, 2] (row, token), got {:?}",
+                    pos.shape
+                )));
+            }
+            let at: Vec<(usize, usize)> = pos
+                .data
+                .chunks_exact(2)
+                .enumerate()
+                .map(
+                    |(i, p)| match (usize::try_from(p[0]), usize::try_from(p[1])) {
+                        (Ok(r), Ok(t)) => Ok((r, t)),
+                        _ => Err(PyValueError::new_err(format!(
+                            "positions[{i}] is ({}, {}); rows and tokens count from 0",
+                            p[0], p[1]
+                        ))),
+                    },
+                )
+                .collect::<PyResult<_>>()?;
+            let allowed: Option<Vec<bool>> = match allowed {
+                None => None,
+                Some(a) => Some(
+                    convert::int_array(a, "allowed", 1)?
+                        .data
+                        .iter()
+                        .map(|&v| v != 0)
+                        .collect(),
+                ),
+            };
+            let rt = &self.inner;
+            let found = detached(py, || {
+                let batch = TokenBatch {
+                    ids: &id_values,
+                    type_ids: type_values.as_deref(),
+                    lengths: &lengths,
+                    width,
+                };
+                rt.masked_lm_top_k(&batch, &at, allowed.as_deref(), k, batch_size)
+            })?;
+            convert::matrix(py, at.len(), k, found)
+        })
+    }
+
     /// Tokenizes as `predict` does (truncated to max_length). Returns a dict of int64 numpy
     /// arrays: input_ids, token_type_ids, attention_mask [N, W] (right-padded with 0 to the
     /// longest row) and lengths [N].
@@ -239,12 +331,13 @@ impl PyRuntime {
         self.inner.config().max_length
     }
 
-    /// "classification" or "regression".
+    /// "classification", "regression" or "masked_lm".
     #[getter]
     fn task(&self) -> &'static str {
         match self.inner.config().task {
             Task::Classification => "classification",
             Task::Regression => "regression",
+            Task::MaskedLm => "masked_lm",
         }
     }
 

@@ -30,9 +30,9 @@ use super::attention::{attention, self_attention_qkv, Rows};
 use super::linear::rows_per_task;
 use super::ops::{activation, add_layer_norm, layer_norm, tanh_in_place, uncertainty};
 use super::workspace::{QuantScratch, Workspace};
-use super::{Branch, EncoderLayer, FastBertBranch, LayerNormWeights, ModelWeights};
+use super::{Branch, EncoderLayer, FastBertBranch, Head, LayerNormWeights, ModelWeights};
 use crate::cpu::Isa;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Names a linear in errors without allocating (`layers.2.ffn_out`).
 struct Site {
@@ -111,13 +111,81 @@ pub(crate) fn forward(
     if model.layers.is_empty() {
         gather_cls(&ws.x, h, h, &ws.offsets, &mut ws.xc[..seqs * h]);
     }
-    head_logits(model, ws, seqs, isa);
+    head_logits(model, ws, seqs, isa)?;
     for s in 0..seqs {
         let row = ws.seq_row[s];
         out.logits[row * c..(row + 1) * c].copy_from_slice(&ws.logits[s * c..(s + 1) * c]);
         out.exits[row] = d.layers;
     }
     Ok(())
+}
+
+/// The last layer's hidden states of chosen token rows of the sequences loaded into `ws` (no
+/// exits, no head), into `out` (`[rows, H]`): row `i` is packed token row `tokens_at[i]`, of
+/// sequence `seqs_at[i]` (sequences in increasing order). Every layer but the last runs on every token;
+/// the last computes keys and values for every token but its queries and everything after them
+/// for the chosen rows alone, as [`cls_rows`] does for `[CLS]`.
+pub(crate) fn encode_rows(
+    model: &ModelWeights,
+    ws: &mut Workspace,
+    tokens_at: &[usize],
+    seqs_at: &[u32],
+    isa: Isa,
+    out: &mut [f32],
+) -> Result<()> {
+    let d = &model.dims;
+    let h = d.hidden;
+    let rows = tokens_at.len();
+    let seqs = ws.seq_row.len();
+    let tokens = ws.offsets[seqs];
+    ws.prepare(model, tokens, seqs);
+    ws.index_tokens();
+    embed(model, ws, tokens, isa);
+    let Some((last, first)) = model.layers.split_last() else {
+        for (row, &t) in out.chunks_exact_mut(h).zip(tokens_at) {
+            row.copy_from_slice(&ws.x[t * h..(t + 1) * h]);
+        }
+        return Ok(());
+    };
+    for (l, layer) in first.iter().enumerate() {
+        qkv(layer, l, ws, tokens, isa)?;
+        rest_of_layer(model, layer, l, ws, tokens, isa)?;
+    }
+    let l = first.len();
+    qkv(last, l, ws, tokens, isa)?;
+    let qkv_rows = &ws.qkv[..tokens * 3 * h];
+    let mut queries = vec![0f32; rows * h];
+    for (q, &t) in queries.chunks_exact_mut(h).zip(tokens_at) {
+        q.copy_from_slice(&qkv_rows[t * 3 * h..t * 3 * h + h]);
+    }
+    let mut ctx = vec![0f32; rows * h];
+    let at = |data, stride, col| Rows { data, stride, col };
+    attention(
+        isa,
+        at(&queries, h, 0),
+        at(qkv_rows, 3 * h, h),
+        at(qkv_rows, 3 * h, 2 * h),
+        h,
+        d.heads,
+        &ws.offsets,
+        seqs_at,
+        &mut ws.scores,
+        &mut ctx,
+    );
+    for (x, &t) in out.chunks_exact_mut(h).zip(tokens_at) {
+        x.copy_from_slice(&ws.x[t * h..(t + 1) * h]);
+    }
+    after_attention(
+        model,
+        last,
+        l,
+        &mut out[..rows * h],
+        &ctx,
+        &mut ws.tmp,
+        &mut ws.ffn,
+        &mut ws.quant,
+        isa,
+    )
 }
 
 /// Where finished rows' logits (`[rows, C]`) and 1-based exit layers go, by input row.
@@ -375,17 +443,19 @@ fn fastbert_logits(
 
 /// `classifier(tanh(pooler(x[CLS])))` for every running sequence, into `ws.logits`; the `[CLS]`
 /// rows are `xc[..b * H]` (see [`cls_rows`]).
-fn head_logits(model: &ModelWeights, ws: &mut Workspace, b: usize, isa: Isa) {
+fn head_logits(model: &ModelWeights, ws: &mut Workspace, b: usize, isa: Isa) -> Result<()> {
+    let Head::Classifier(head) = &model.head else {
+        return Err(Error::input(
+            "a masked_lm bundle has no classifier head; ask it for masked-LM candidates instead",
+        ));
+    };
     let h = model.dims.hidden;
-    model
-        .head
-        .pooler
+    head.pooler
         .forward(&ws.xc[..b * h], b, &mut ws.cls_b[..b * h], isa);
     tanh_in_place(isa, &mut ws.cls_b[..b * h]);
-    model
-        .head
-        .classifier
+    head.classifier
         .forward(&ws.cls_b[..b * h], b, &mut ws.logits, isa);
+    Ok(())
 }
 
 /// Finishes the sequences whose branch uncertainty is `< speed` (their logits and `layer` go to
@@ -440,8 +510,8 @@ mod tests {
     use crate::config::Activation;
     use crate::gemm::PackedWeights;
     use crate::model::{
-        BranchAttention, Dims, Embeddings, EncoderLayer, Exit, F32Linear, FastBertBranch, Head,
-        Int8Linear, Linear,
+        BranchAttention, ClassifierHead, Dims, Embeddings, EncoderLayer, Exit, F32Linear,
+        FastBertBranch, Int8Linear, Linear,
     };
     use crate::quant::quantize_weights;
     use crate::testing::SplitMix64;
@@ -539,10 +609,10 @@ mod tests {
             },
             embeddings,
             layers,
-            head: Head {
+            head: Head::Classifier(ClassifierHead {
                 pooler: f32_linear(&mut rng, H, H),
                 classifier: f32_linear(&mut rng, C, H),
-            },
+            }),
             exits,
         }
     }

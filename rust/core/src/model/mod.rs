@@ -12,12 +12,14 @@
 //!   `[CLS]` query.
 //! - [`workspace`]: the per-call scratch and its packed-sequence layout.
 //! - [`encoder`]: the forward pass with early exit and batch compaction.
+//! - [`masked_lm`]: a masked LM's best vocabulary ids at chosen positions.
 
 pub mod attention;
 pub mod branch;
 pub mod encoder;
 pub(crate) mod lanes;
 pub mod linear;
+pub mod masked_lm;
 pub mod matmul;
 pub mod ops;
 pub mod quantize;
@@ -41,7 +43,7 @@ pub struct Dims {
     pub heads: usize,
     pub intermediate: usize,
     pub layers: usize,
-    /// `C`: labels, or 1 for regression.
+    /// `C`: labels, 1 for regression, the vocabulary for a masked LM.
     pub outputs: usize,
     /// Width of the fastbert branches (0 when there are none).
     pub branch_width: usize,
@@ -84,11 +86,29 @@ pub struct EncoderLayer {
     pub ffn_norm: LayerNormWeights,
 }
 
-/// The final head: `classifier(tanh(pooler(x[CLS])))`.
+/// A classifier's head: `classifier(tanh(pooler(x[CLS])))`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Head {
+pub struct ClassifierHead {
     pub pooler: F32Linear,
     pub classifier: F32Linear,
+}
+
+/// A masked LM's head at one token: `decoder(LayerNorm(act(transform(x))))`, vocabulary logits.
+/// (BERT ties the decoder's weight to the word embeddings; the bundle stores it again, quantized
+/// like the encoder's linears.)
+#[derive(Clone, Debug, PartialEq)]
+pub struct MaskedLmHead {
+    pub transform: F32Linear,
+    pub norm: LayerNormWeights,
+    /// `[V, H]`.
+    pub decoder: Linear,
+}
+
+/// The head after the last layer, by the bundle's task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Head {
+    Classifier(ClassifierHead),
+    MaskedLm(Box<MaskedLmHead>),
 }
 
 /// FastBERT's branch classifier (all f32).

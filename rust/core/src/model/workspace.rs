@@ -15,7 +15,7 @@
 //! so the layer loop allocates nothing, and a runtime that keeps its workspaces (the runtime pools
 //! them) allocates nothing in the steady state once it has seen its largest chunk.
 
-use super::ModelWeights;
+use super::{Head, ModelWeights};
 
 /// Grows `v` with default values to at least `n` elements; never shrinks it.
 pub(crate) fn fit<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
@@ -99,7 +99,10 @@ impl Workspace {
         fit(&mut self.bh, tokens * w);
         fit(&mut self.cls_a, seqs * h.max(w));
         fit(&mut self.cls_b, seqs * h.max(w));
-        fit(&mut self.logits, seqs * d.outputs);
+        if let Head::Classifier(_) = model.head {
+            // A masked LM's vocabulary logits are computed a few rows at a time instead.
+            fit(&mut self.logits, seqs * d.outputs);
+        }
         fit(&mut self.tok_seq, tokens);
         if self.seq_ident.len() < seqs {
             self.seq_ident = (0..seqs as u32).collect();

@@ -1,0 +1,215 @@
+"""Writing a bundle directory (docs/bundle.md) from numpy tensors: the bundle's names for a BERT
+state dict, ``tinyfast.json``'s architecture, and the write itself (beside the target, checked
+against the contract, then swapped in, so a reader never sees half a bundle).
+
+``tinyfast export`` (classifiers) and ``tinyfast augment`` (masked LMs for the int8 runtime)
+both write through here; numpy only, like the rest of this package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyfast._io import replace_dir
+from tinyfast.bundle.format import (
+    BUNDLE_CONFIG,
+    BUNDLE_FORMAT,
+    BUNDLE_TOKENIZER,
+    BUNDLE_VERSION,
+    BUNDLE_WEIGHTS,
+)
+from tinyfast.bundle.quantize import quantize_weights
+from tinyfast.bundle.reference import ReferenceModel
+from tinyfast.errors import ConfigError
+
+__all__ = ["add_linear", "architecture", "bert_tensors", "check_out_dir", "runtime_tokenizer",
+           "write_bundle", "write_masked_lm_bundle"]
+
+DTYPES = ("int8", "f32")
+
+
+def add_linear(out: dict[str, np.ndarray], name: str, weight: np.ndarray, bias: np.ndarray,
+               quantize: bool) -> None:
+    """An encoder-style linear under ``name``: int8 codes and scales (or the f32 weight), and
+    its bias."""
+    weight = np.asarray(weight, dtype=np.float32)
+    if quantize:
+        try:
+            out[name + ".weight"], out[name + ".scale"] = quantize_weights(weight)
+        except ValueError as exc:
+            raise ConfigError(f"cannot quantize {name}: {exc}") from None
+    else:
+        out[name + ".weight"] = weight
+    out[name + ".bias"] = np.asarray(bias, dtype=np.float32)
+
+
+def bert_tensors(sd: dict[str, np.ndarray], num_layers: int, quantize: bool
+                 ) -> dict[str, np.ndarray]:
+    """The embeddings and encoder layers of a BERT state dict (``bert.`` names, float32 arrays)
+    under the bundle's names."""
+    emb = "bert.embeddings."
+    out = {
+        "embeddings.word": sd[emb + "word_embeddings.weight"],
+        "embeddings.position": sd[emb + "position_embeddings.weight"],
+        "embeddings.token_type": sd[emb + "token_type_embeddings.weight"],
+        "embeddings.norm.weight": sd[emb + "LayerNorm.weight"],
+        "embeddings.norm.bias": sd[emb + "LayerNorm.bias"],
+    }
+    for layer in range(num_layers):
+        hf = f"bert.encoder.layer.{layer}."
+        ours = f"layers.{layer}."
+        attn = hf + "attention.self."
+        # Query, key, value stacked along the output axis: one GEMM serves all three.
+        parts = ("query", "key", "value")
+        add_linear(out, ours + "qkv",
+                   np.concatenate([sd[attn + n + ".weight"] for n in parts], axis=0),
+                   np.concatenate([sd[attn + n + ".bias"] for n in parts], axis=0), quantize)
+        add_linear(out, ours + "attn_out", sd[hf + "attention.output.dense.weight"],
+                   sd[hf + "attention.output.dense.bias"], quantize)
+        out[ours + "attn_norm.weight"] = sd[hf + "attention.output.LayerNorm.weight"]
+        out[ours + "attn_norm.bias"] = sd[hf + "attention.output.LayerNorm.bias"]
+        add_linear(out, ours + "ffn_in", sd[hf + "intermediate.dense.weight"],
+                   sd[hf + "intermediate.dense.bias"], quantize)
+        add_linear(out, ours + "ffn_out", sd[hf + "output.dense.weight"],
+                   sd[hf + "output.dense.bias"], quantize)
+        out[ours + "ffn_norm.weight"] = sd[hf + "output.LayerNorm.weight"]
+        out[ours + "ffn_norm.bias"] = sd[hf + "output.LayerNorm.bias"]
+    return out
+
+
+def architecture(config: Any) -> dict[str, Any]:
+    """``tinyfast.json``'s architecture of a BERT config."""
+    return {
+        "type": "bert",
+        "vocab_size": int(config.vocab_size),
+        "hidden_size": int(config.hidden_size),
+        "num_layers": int(config.num_hidden_layers),
+        "num_heads": int(config.num_attention_heads),
+        "intermediate_size": int(config.intermediate_size),
+        "max_position_embeddings": int(config.max_position_embeddings),
+        "type_vocab_size": int(config.type_vocab_size),
+        "layer_norm_eps": float(config.layer_norm_eps),
+        "hidden_act": str(config.hidden_act),
+    }
+
+
+def runtime_tokenizer(text: str, source: Path | str, vocab_size: int) -> str:
+    """A tokenizers JSON text with truncation and padding off (the runtime truncates to the
+    bundle's max_length and pads per batch), checked to stay inside the vocabulary."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    data["truncation"] = None
+    data["padding"] = None
+    text = json.dumps(data, ensure_ascii=False)
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_str(text)
+    except Exception as exc:  # tokenizers raises plain Exception subclasses
+        raise ConfigError(f"{source}: not a valid tokenizers file: {exc}") from None
+    top = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= vocab_size:
+        raise ConfigError(f"{source}: the tokenizer produces ids up to {top}, but the model's "
+                          f"vocab_size is {vocab_size}")
+    return text
+
+
+def check_out_dir(out: Path) -> None:
+    """Replace only what is clearly a bundle (or nothing): never a user's other files."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a directory")
+    if any(out.iterdir()) and not (out / BUNDLE_CONFIG).is_file():
+        raise ConfigError(f"{out}: exists, is not empty and holds no {BUNDLE_CONFIG}; refusing to "
+                          "replace it (choose a new directory)")
+
+
+def _usual_permissions(directory: Path) -> None:
+    """mkdtemp makes a private (0700) directory and safetensors a 0600 file; a bundle is meant
+    to be deployed and read by other users, so give it what the umask gives any new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for file in directory.iterdir():
+        os.chmod(file, 0o666 & ~umask)
+
+
+def _publish(new: Path, target: Path) -> None:
+    """Swap the finished bundle in; a concurrent writer of the same OUT makes one of the two
+    renames fail, and that loser says so in one line (the winner's bundle stays whole)."""
+    try:
+        replace_dir(new, target)
+    except OSError as exc:
+        raise ConfigError(f"{target}: another process replaced it while this export was writing "
+                          f"({exc.strerror}); nothing of this export was published") from None
+
+
+def write_bundle(out: Path, tensors: dict[str, np.ndarray], config: dict[str, Any],
+                 tokenizer_text: str, say: Callable[[str], None] = lambda _: None) -> None:
+    """Write the bundle beside ``out``, read it back through the contract's checks, then swap it
+    in; nothing is left behind on failure."""
+    from safetensors.numpy import save_file
+
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        say(f"writing {out}")
+        save_file(tensors, str(tmp / BUNDLE_WEIGHTS))
+        (tmp / BUNDLE_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (tmp / BUNDLE_TOKENIZER).write_text(tokenizer_text, encoding="utf-8")
+        _usual_permissions(tmp)
+        say("checking the bundle against docs/bundle.md")
+        ReferenceModel.load(tmp)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_masked_lm_bundle(encoder: dict[str, np.ndarray], head: dict[str, np.ndarray],
+                           config: Any, tokenizer_text: str, out: str | os.PathLike[str],
+                           dtype: str = "int8", max_length: int = 512,
+                           source: str = "") -> Path:
+    """The ``masked_lm`` bundle of a BERT masked LM: ``encoder`` its ``bert.`` state dict,
+    ``head`` its prediction head as ``transform.weight``, ``transform.bias``, ``norm.weight``,
+    ``norm.bias``, ``decoder.weight`` and ``decoder.bias`` (float32 arrays); ``config`` its BERT
+    config. Returns the bundle's path."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    positions = int(config.max_position_embeddings)
+    if not 2 <= max_length <= positions:
+        raise ConfigError(f"max_length must be in 2..{positions}, got {max_length}")
+    path = Path(out).expanduser().resolve()
+    check_out_dir(path)
+    quantize = dtype == "int8"
+    tensors = bert_tensors(encoder, int(config.num_hidden_layers), quantize)
+    for name in ("transform.weight", "transform.bias", "norm.weight", "norm.bias"):
+        tensors["head." + name] = np.asarray(head[name], dtype=np.float32)
+    add_linear(tensors, "head.decoder", head["decoder.weight"], head["decoder.bias"], quantize)
+    from tinyfast import __version__
+
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "architecture": architecture(config),
+        "task": "masked_lm",
+        "labels": [],
+        "max_length": max_length,
+        "quantization": "int8" if quantize else "none",
+        "exits": [],
+        "source": {"model": source, "tinyfast_version": __version__},
+    }
+    write_bundle(path, tensors, bundle, tokenizer_text)
+    return path

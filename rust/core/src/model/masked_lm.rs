@@ -1,0 +1,167 @@
+//! A masked LM's best vocabulary ids at chosen token positions: the encoder over every token, the
+//! head on the chosen rows only, and a top-K per row over the ids the caller allows.
+//!
+//! ```text
+//! x = encoder(tokens)                       the last layer only at the chosen rows
+//! t = LayerNorm(act(transform(x[p])))       each chosen position p
+//! logits = decoder(t)                       [V], ROWS_PER_BLOCK rows at a time
+//! out = the K best allowed ids of logits    higher logit first, lower id first on ties
+//! ```
+//!
+//! Every step is per token or per row, so a position's ids never depend on the other sequences
+//! of the chunk or on the thread count.
+
+use rayon::prelude::*;
+
+use super::encoder::encode_rows;
+use super::ops::{activation, layer_norm};
+use super::workspace::Workspace;
+use super::{Head, ModelWeights};
+use crate::cpu::Isa;
+use crate::error::{Error, Result};
+
+/// Chosen rows whose vocabulary logits are held at once (64 x 30522 floats: 7.8 MB).
+pub const ROWS_PER_BLOCK: usize = 64;
+
+/// One chosen position: `seq` among the sequences loaded into the workspace, `pos` its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub seq: usize,
+    pub pos: usize,
+}
+
+/// For the sequences loaded into `ws` (validated, as for [`super::encoder::forward`]), writes the
+/// `k` best allowed ids at `at[i]` to `out[i * k..(i + 1) * k]`, best first, `-1` after the last
+/// when fewer than `k` are allowed. `allowed[id]` says whether `id` may be returned (every id when
+/// `None`). Positions must lie inside their sequences and come in sequence order.
+pub(crate) fn top_k(
+    model: &ModelWeights,
+    ws: &mut Workspace,
+    at: &[Position],
+    allowed: Option<&[bool]>,
+    k: usize,
+    isa: Isa,
+    out: &mut [i64],
+) -> Result<()> {
+    let Head::MaskedLm(head) = &model.head else {
+        return Err(Error::input(
+            "masked-LM candidates need a masked_lm bundle; this one is a classifier",
+        ));
+    };
+    let d = &model.dims;
+    let (h, v) = (d.hidden, d.vocab);
+    assert_eq!(out.len(), at.len() * k, "out must hold k ids per position");
+    if at.is_empty() {
+        return Ok(());
+    }
+    assert!(
+        at.windows(2).all(|w| w[0].seq <= w[1].seq),
+        "positions must come in sequence order"
+    );
+    let rows = at.len();
+    let tokens: Vec<usize> = at
+        .iter()
+        .map(|p| {
+            let token = ws.offsets[p.seq] + p.pos;
+            assert!(
+                token < ws.offsets[p.seq + 1],
+                "position outside its sequence"
+            );
+            token
+        })
+        .collect();
+    let seqs: Vec<u32> = at.iter().map(|p| p.seq as u32).collect();
+    let mut hidden = vec![0f32; rows * h];
+    encode_rows(model, ws, &tokens, &seqs, isa, &mut hidden)?;
+
+    let mut t = vec![0f32; rows * h];
+    head.transform.forward(&hidden, rows, &mut t, isa);
+    activation(isa, &mut t, d.act);
+    layer_norm(isa, &mut t, &head.norm.weight, &head.norm.bias, d.eps);
+
+    let mut logits = vec![0f32; ROWS_PER_BLOCK.min(rows) * v];
+    for (block, (t_block, out_block)) in t
+        .chunks(ROWS_PER_BLOCK * h)
+        .zip(out.chunks_mut(ROWS_PER_BLOCK * k))
+        .enumerate()
+    {
+        let r = t_block.len() / h;
+        head.decoder.forward(
+            t_block,
+            r,
+            &mut logits[..r * v],
+            &mut ws.quant,
+            isa,
+            &"head.decoder",
+        )?;
+        logits[..r * v]
+            .par_chunks(v)
+            .zip(out_block.par_chunks_mut(k))
+            .enumerate()
+            .try_for_each(|(i, (row, ids))| {
+                best_ids(row, allowed, ids).map_err(|id| {
+                    Error::compute(format!(
+                        "masked position {}: the model produced a non-finite logit for id {id}",
+                        block * ROWS_PER_BLOCK + i
+                    ))
+                })
+            })?;
+    }
+    Ok(())
+}
+
+/// The `ids.len()` best allowed ids of `logits` into `ids`, best first (higher logit, then lower
+/// id), `-1` where fewer are allowed. Err(id) on the first non-finite logit.
+pub fn best_ids(logits: &[f32], allowed: Option<&[bool]>, ids: &mut [i64]) -> Result<(), usize> {
+    let k = ids.len();
+    ids.fill(-1);
+    if k == 0 {
+        return Ok(());
+    }
+    // (logit, id), best first; ids arrive in increasing order, so a later id enters only with a
+    // strictly higher logit than the one it displaces.
+    let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+    for (id, &x) in logits.iter().enumerate() {
+        if !x.is_finite() {
+            return Err(id);
+        }
+        if allowed.is_some_and(|a| !a[id]) {
+            continue;
+        }
+        if best.len() == k && x <= best[k - 1].0 {
+            continue;
+        }
+        let at = best.partition_point(|&(y, _)| y >= x);
+        best.insert(at, (x, id));
+        best.truncate(k);
+    }
+    for (slot, (_, id)) in ids.iter_mut().zip(best) {
+        *slot = id as i64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::best_ids;
+
+    #[test]
+    fn best_first_lower_id_on_ties_and_only_allowed() {
+        let logits = [0.5, 2.0, -1.0, 2.0, 3.0, 0.5];
+        let mut ids = [0i64; 4];
+        best_ids(&logits, None, &mut ids).unwrap();
+        assert_eq!(ids, [4, 1, 3, 0]);
+        let allowed = [true, false, true, true, false, true];
+        best_ids(&logits, Some(&allowed), &mut ids).unwrap();
+        assert_eq!(ids, [3, 0, 5, 2]);
+        let mut many = [0i64; 8];
+        best_ids(&logits, Some(&allowed), &mut many).unwrap();
+        assert_eq!(many, [3, 0, 5, 2, -1, -1, -1, -1]);
+    }
+
+    #[test]
+    fn non_finite_logits_are_reported() {
+        let mut ids = [0i64; 2];
+        assert_eq!(best_ids(&[1.0, f32::NAN, 2.0], None, &mut ids), Err(1));
+    }
+}
