@@ -9,9 +9,10 @@ masked LM and same word vectors, JSON out.
 - ``word``: ``tinyfast augment`` masking one word per input (the same inputs as above, batched).
 - ``multi``: ``tinyfast augment`` masking several far-apart words per input.
 Each tinyfast mode runs on each masked-LM engine of ``--engines``: ``int8`` (the default on the
-CPU: tinyfast's int8 runtime), ``float32`` and ``bfloat16`` (the checkpoint in torch). How far
-int8 and bfloat16 candidates stray from float32's is measured on the first
-``--agreement-rows`` sentences (share of equal best candidates, mean overlap of the K best).
+CPU: tinyfast's int8 runtime), ``float32`` and ``bfloat16`` (the checkpoint in torch). On the
+first ``--agreement-rows`` sentences the bench measures how far candidates move (share of equal
+best candidates, mean overlap of the K best): each engine against float32, and multi-masking and
+the masked context against TinyBERT's one word per input.
 The Rust neighbour search is timed alone on 1 and 2 threads.
 
 The word vectors are a GloVe-format text file the bench writes: every whole-word token of the
@@ -186,10 +187,19 @@ def time_tinyfast(args, data: Path, work: Path, mode: str, engine: str, gap: int
             "min_gap": gap if mode == "multi" else None, "load_average_before": round(load, 2)}
 
 
-def candidate_agreement(args, model, tokenizer, sentences: list[str], engines: list[str]
-                        ) -> dict[str, Any]:
-    """Per engine, how its masked-LM candidates (one word per input, K best) compare with
-    float32 torch's on the same inputs."""
+def agreement(ids: np.ndarray, reference: np.ndarray, k: int) -> dict[str, float]:
+    """Share of masked words with the same best candidate, and mean share of the K best in
+    common."""
+    overlap = [len(set(a) & set(b)) / k for a, b in zip(ids, reference, strict=True)]
+    return {"same_best_candidate": round(float(np.mean(ids[:, 0] == reference[:, 0])), 4),
+            "mean_overlap_of_k_best": round(float(np.mean(overlap)), 4)}
+
+
+def candidate_agreement(args, model, tokenizer, sentences: list[str], engines: list[str],
+                        min_gaps: list[int]) -> dict[str, Any]:
+    """How candidates move with the engine (each against float32 torch, one word per input) and
+    with the masking (multi-mask and the masked context against one word per input in the pair
+    context, on the int8 engine)."""
     from tinyfast import _native
     from tinyfast.augment.masked_lm import MaskedLM
     from tinyfast.augment.vocab import lowercases, surface_words
@@ -198,18 +208,32 @@ def candidate_agreement(args, model, tokenizer, sentences: list[str], engines: l
                               mlm_words=surface_words(tokenizer), lowercase=lowercases(tokenizer))
     plan = rules.plan(sentences)
     sentence, token = plan.masked_words()
-    found = {}
-    for engine in ["float32", *[e for e in engines if e != "float32"]]:
+
+    def candidates(engine: str, **masking: Any) -> np.ndarray:
         lm = MaskedLM(model, tokenizer, rules.candidate_mask(),
-                      engine_options(engine, args.threads, mode="word", context="pair"))
-        found[engine] = lm.candidates(plan.tokens(), sentence, token, args.k)
-    reference = found.pop("float32")
-    out: dict[str, Any] = {"sentences": len(sentences), "masked_words": int(len(sentence))}
-    for engine, ids in found.items():
-        overlap = [len(set(a) & set(b)) / args.k for a, b in zip(ids, reference, strict=True)]
-        out[engine] = {"same_best_candidate": round(float(np.mean(ids[:, 0] == reference[:, 0])),
-                                                    4),
-                       "mean_overlap_of_k_best": round(float(np.mean(overlap)), 4)}
+                      engine_options(engine, args.threads, **masking))
+        return lm.candidates(plan.tokens(), sentence, token, args.k)
+
+    word = {"mode": "word", "context": "pair"}
+    reference = candidates("float32", **word)
+    out: dict[str, Any] = {"sentences": len(sentences), "masked_words": int(len(sentence)),
+                           "engine_against_float32": {}, "masking_against_one_word_per_input":
+                           {"engine": "int8"}}
+    per_word = {}
+    for engine in engines:
+        if engine != "float32":
+            per_word[engine] = candidates(engine, **word)
+            out["engine_against_float32"][engine] = agreement(per_word[engine], reference,
+                                                              args.k)
+    int8_word = per_word.get("int8")
+    if int8_word is None:
+        int8_word = candidates("int8", **word)
+    masking = out["masking_against_one_word_per_input"]
+    for gap in min_gaps:
+        found = candidates("int8", mode="multi", context="pair", min_gap=gap)
+        masking[f"multi_gap{gap}"] = agreement(found, int8_word, args.k)
+    masking["word_masked_context"] = agreement(candidates("int8", mode="word", context="masked"),
+                                               int8_word, args.k)
     return out
 
 
@@ -318,8 +342,9 @@ def main() -> int:
             print(f"tinyfast {name} ...", file=sys.stderr)
             modes[name] = time_tinyfast(args, sample, work, mode, engine, gap)
     print("candidate agreement ...", file=sys.stderr)
-    result["candidate_agreement_with_float32"] = candidate_agreement(
-        args, model, tokenizer, sentences[: args.agreement_rows], engines)
+    result["candidate_agreement"] = candidate_agreement(
+        args, model, tokenizer, sentences[: args.agreement_rows], engines,
+        [int(g) for g in args.min_gaps.split(",")])
     print("official ...", file=sys.stderr)
     load_before_official = round(os.getloadavg()[0], 2)
     official = time_official(args, model, tokenizer, words, emb, sentences[: args.official_rows])

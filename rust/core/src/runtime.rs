@@ -10,7 +10,7 @@
 //! on the other rows of its chunk, so any `batch_size` gives the same bits.
 //!
 //! A `masked_lm` bundle answers [`Runtime::masked_lm_top_k`] instead: the best vocabulary ids at
-//! chosen token positions of pre-tokenized rows, chunked the same way.
+//! chosen token positions of pre-tokenized rows, in chunks bounded by rows and by tokens.
 //!
 //! # Threads and memory
 //! All computation runs on the runtime's own rayon pool (`threads` workers; 0 = one per core),
