@@ -268,6 +268,26 @@ pub fn token_values(array: &IntArray, lengths: &[usize], name: &str) -> PyResult
     Ok(out)
 }
 
+/// The values of an optional `token_type_ids` array shaped as `ids`, within each row's length.
+pub fn token_types(
+    token_type_ids: Option<&Bound<'_, PyAny>>,
+    ids: &IntArray,
+    lengths: &[usize],
+) -> PyResult<Option<Vec<u32>>> {
+    let Some(types) = token_type_ids else {
+        return Ok(None);
+    };
+    let types = int_array(types, "token_type_ids", 2)?;
+    if types.shape != ids.shape {
+        return Err(PyValueError::new_err(format!(
+            "token_type_ids has shape {:?} but input_ids has {:?}",
+            types.shape, ids.shape
+        )));
+    }
+    Ok(Some(token_values(&types, lengths, "token_type_ids")?))
+}
+
+/// `data` as a numpy array of shape `[rows, cols]`.
 pub fn matrix<'py, T: numpy::Element>(
     py: Python<'py>,
     rows: usize,

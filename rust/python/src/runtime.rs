@@ -149,19 +149,7 @@ impl PyRuntime {
                 (None, None) => vec![width; rows],
             };
             let id_values = convert::token_values(&ids, &lengths, "input_ids")?;
-            let type_values = match token_type_ids {
-                None => None,
-                Some(types) => {
-                    let types = convert::int_array(types, "token_type_ids", 2)?;
-                    if types.shape != ids.shape {
-                        return Err(PyValueError::new_err(format!(
-                            "token_type_ids has shape {:?} but input_ids has {:?}",
-                            types.shape, ids.shape
-                        )));
-                    }
-                    Some(convert::token_values(&types, &lengths, "token_type_ids")?)
-                }
-            };
+            let type_values = convert::token_types(token_type_ids, &ids, &lengths)?;
             let rt = &self.inner;
             let p = detached(py, || {
                 let batch = TokenBatch {
@@ -210,19 +198,7 @@ impl PyRuntime {
                 width,
             )?;
             let id_values = convert::token_values(&ids, &lengths, "input_ids")?;
-            let type_values = match token_type_ids {
-                None => None,
-                Some(types) => {
-                    let types = convert::int_array(types, "token_type_ids", 2)?;
-                    if types.shape != ids.shape {
-                        return Err(PyValueError::new_err(format!(
-                            "token_type_ids has shape {:?} but input_ids has {:?}",
-                            types.shape, ids.shape
-                        )));
-                    }
-                    Some(convert::token_values(&types, &lengths, "token_type_ids")?)
-                }
-            };
+            let type_values = convert::token_types(token_type_ids, &ids, &lengths)?;
             let pos = convert::int_array(positions, "positions", 2)?;
             if pos.cols() != 2 {
                 return Err(PyValueError::new_err(format!(
