@@ -119,6 +119,9 @@ def test_results_do_not_depend_on_batching_order_or_threads(bundle, masked_lm):
     order = np.random.default_rng(2).permutation(len(positions))
     shuffled = one.masked_lm_top_k(ids, lengths, positions[order], K, batch_size=5)
     assert np.array_equal(shuffled, whole[order])
+    # Rows without a chosen position are skipped, and change nothing.
+    some = positions[:, 0] % 3 == 0
+    assert np.array_equal(one.masked_lm_top_k(ids, lengths, positions[some], K), whole[some])
 
 
 def test_bad_calls_and_bundles_are_one_line_errors(bundle, masked_lm, tmp_path):

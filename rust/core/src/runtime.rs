@@ -323,7 +323,7 @@ impl Runtime {
         let mut out = vec![-1i64; at.len() * k];
         self.with_workspace(|ws| {
             let mut next = 0;
-            for std::ops::Range { start, end } in chunks {
+            for std::ops::Range { end, .. } in chunks {
                 let first = next;
                 while next < by_row.len() && by_row[next].0 < end {
                     next += 1;
@@ -332,18 +332,21 @@ impl Runtime {
                 if chunk.is_empty() {
                     continue;
                 }
+                // Only the rows with chosen positions run.
                 ws.begin();
-                for i in start..end {
-                    let (ids, types) = batch.row(i);
-                    ws.push_seq(ids, types);
-                }
-                let positions: Vec<Position> = chunk
-                    .iter()
-                    .map(|&(row, pos, _)| Position {
-                        seq: row - start,
+                let mut positions = Vec::with_capacity(chunk.len());
+                let mut last_row = None;
+                for &(row, pos, _) in chunk {
+                    if last_row != Some(row) {
+                        let (ids, types) = batch.row(row);
+                        ws.push_seq(ids, types);
+                        last_row = Some(row);
+                    }
+                    positions.push(Position {
+                        seq: ws.seq_row.len() - 1,
                         pos,
-                    })
-                    .collect();
+                    });
+                }
                 let mut ids = vec![-1i64; chunk.len() * k];
                 masked_lm::top_k(
                     &self.bundle.weights,
