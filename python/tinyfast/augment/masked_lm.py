@@ -13,9 +13,10 @@ temporary directory: the encoder's linears and the vocabulary decoder in int8, t
 ``auto`` takes ``int8`` on the CPU for BERT checkpoints and ``torch`` otherwise.
 
 Two contexts: ``pair`` is TinyBERT's input ``[CLS] masked sentence [SEP] sentence [SEP]`` (the
-model sees the word it replaces, and proposes words close to it, which keeps labels; it also
-makes ``multi`` harmless, as every masked word is visible in the copy); ``masked`` is the masked
-sentence alone (half the tokens, freer candidates).
+model sees the word it replaces, and proposes words close to it, which keeps labels; in ``multi``
+every masked word stays visible in the copy, though its candidates still move: README.md,
+"tinyfast augment"); ``masked`` is the masked sentence alone (half the tokens, freer
+candidates).
 """
 
 from __future__ import annotations
