@@ -190,6 +190,8 @@ class MaskedLM:
             raise ConfigError("--device cuda: no CUDA device is available")
         self.device = torch.device(device)
         self.dtype = _dtype(options.dtype, self.device)
+        config = model.config
+        self.max_length = min(getattr(config, "max_position_embeddings", 512) or 512, 512)
         self.runtime = self._int8_runtime(model, tokenizer, options)
         self.backend = "torch" if self.runtime is None else "int8"
         self.model = model.to(self.device).eval()
@@ -203,8 +205,6 @@ class MaskedLM:
         penalty[: len(allowed)][allowed] = 0.0
         self.penalty = torch.from_numpy(penalty).to(self.device)
         self.allowed = penalty == 0.0
-        config = model.config
-        self.max_length = min(getattr(config, "max_position_embeddings", 512) or 512, 512)
         self.two_segments = (getattr(config, "type_vocab_size", 2) or 1) >= 2
         self.mask_id = tokenizer.mask_token_id
         if self.mask_id is None:
@@ -234,9 +234,8 @@ class MaskedLM:
 
         # The bundle lives only while it loads: the runtime holds every weight in memory.
         with tempfile.TemporaryDirectory(prefix="tinyfast-mlm-") as tmp:
-            positions = getattr(model.config, "max_position_embeddings", 512) or 512
             bundle = write_masked_lm_bundle(model, tokenizer, Path(tmp) / "bundle",
-                                            max_length=min(positions, 512))
+                                            max_length=self.max_length)
             return Runtime.load(bundle, threads=options.threads)
 
     # -- inputs ---------------------------------------------------------------------------------
