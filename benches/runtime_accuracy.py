@@ -11,7 +11,7 @@ For every ``--model DIR --data FILE`` pair (repeat the two flags for more pairs,
   ``Runtime.tokenize`` on every row; rows per second of each engine (tokenization included, batches
   of ``--batch-size`` in file order, ``--threads`` threads for everyone).
 
-Goals (issue 3): int8 within 0.3 points of PyTorch, >= 99% label agreement, f32 logits within
+Goals: int8 within 0.3 points of PyTorch, >= 99% label agreement, f32 logits within
 1e-4 of PyTorch's. Anything that cannot run is recorded with the reason, never with numbers.
 
     python benches/runtime_accuracy.py \\

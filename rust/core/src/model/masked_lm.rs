@@ -1,5 +1,6 @@
-//! A masked LM's best vocabulary ids at chosen token positions: the encoder over every token, the
-//! head on the chosen rows only, and a top-K per row over the ids the caller allows.
+//! A masked LM's best vocabulary ids at chosen token positions: the encoder (its last layer at
+//! the chosen rows only), the head on those rows, and a top-K per row over the ids the caller
+//! allows.
 //!
 //! ```text
 //! x = encoder(tokens)                       the last layer only at the chosen rows
