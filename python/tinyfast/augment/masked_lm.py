@@ -44,7 +44,7 @@ class MaskedLMOptions:
     mode: str = "multi"
     context: str = "pair"
     min_gap: int = 3  # tokens between two words masked in the same input
-    batch_tokens: int = 8192  # padded tokens per forward
+    batch_tokens: int = 8192  # torch backend: padded tokens per forward
     device: str | None = None  # default: CUDA when available
     dtype: str = "auto"  # torch backend; auto: bfloat16 (or float16) on CUDA, float32 on the CPU
     backend: str = "auto"  # auto: int8 on the CPU for a BERT masked LM, else torch
@@ -94,8 +94,7 @@ def write_masked_lm_bundle(model: nn.Module, tokenizer: Any, out: str | Path,
                            dtype: str = "int8", max_length: int = 512) -> Path:
     """The ``masked_lm`` bundle (docs/bundle.md) of a BERT masked LM and its fast tokenizer, for
     the int8 runtime's ``masked_lm_top_k``; returns its path."""
-    from tinyfast.bundle.writer import runtime_tokenizer
-    from tinyfast.bundle.writer import write_masked_lm_bundle as write
+    from tinyfast.bundle.writer import runtime_tokenizer, write_masked_lm_arrays
 
     config = model.config
     if getattr(config, "model_type", None) != "bert" or not hasattr(model, "cls"):
@@ -119,8 +118,9 @@ def write_masked_lm_bundle(model: nn.Module, tokenizer: Any, out: str | Path,
             "decoder.weight": numpy(decoder.weight), "decoder.bias": numpy(decoder.bias)}
     text = runtime_tokenizer(backend.to_str(), "the masked LM's tokenizer",
                              int(config.vocab_size))
-    return write(encoder, head, config, text, out, dtype=dtype, max_length=max_length,
-                 source=str(getattr(config, "_name_or_path", "")))
+    return write_masked_lm_arrays(encoder, head, config, text, out, dtype=dtype,
+                                  max_length=max_length,
+                                  source=str(getattr(config, "_name_or_path", "")))
 
 
 def _output_head(model: nn.Module) -> nn.Module | None:

@@ -31,7 +31,7 @@ from tinyfast.bundle.reference import ReferenceModel
 from tinyfast.errors import ConfigError
 
 __all__ = ["add_linear", "architecture", "bert_tensors", "check_out_dir", "runtime_tokenizer",
-           "write_bundle", "write_masked_lm_bundle"]
+           "write_bundle", "write_masked_lm_arrays"]
 
 DTYPES = ("int8", "f32")
 
@@ -178,7 +178,7 @@ def write_bundle(out: Path, tensors: dict[str, np.ndarray], config: dict[str, An
         raise
 
 
-def write_masked_lm_bundle(encoder: dict[str, np.ndarray], head: dict[str, np.ndarray],
+def write_masked_lm_arrays(encoder: dict[str, np.ndarray], head: dict[str, np.ndarray],
                            config: Any, tokenizer_text: str, out: str | os.PathLike[str],
                            dtype: str = "int8", max_length: int = 512,
                            source: str = "") -> Path:

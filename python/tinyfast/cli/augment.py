@@ -66,7 +66,7 @@ def add_commands(sub: Any) -> None:
     m.add_argument("--min-gap", type=positive_int, default=3,
                    help="tokens between two words masked together (default: %(default)s)")
     m.add_argument("--batch-tokens", type=positive_int, default=8192,
-                   help="padded tokens per forward (default: %(default)s)")
+                   help="torch backend: padded tokens per forward (default: %(default)s)")
     m.add_argument("--mlm-backend", choices=["auto", "int8", "torch"], default="auto",
                    help="int8: tinyfast's int8 CPU runtime (BERT masked LMs); torch: the "
                         "checkpoint in torch; auto: int8 on the CPU for BERT, else torch")

@@ -113,7 +113,7 @@ pub(crate) fn top_k(
 
 /// The `ids.len()` best allowed ids of `logits` into `ids`, best first (higher logit, then lower
 /// id), `-1` where fewer are allowed. Err(id) on the first non-finite logit.
-pub fn best_ids(logits: &[f32], allowed: Option<&[bool]>, ids: &mut [i64]) -> Result<(), usize> {
+fn best_ids(logits: &[f32], allowed: Option<&[bool]>, ids: &mut [i64]) -> Result<(), usize> {
     let k = ids.len();
     ids.fill(-1);
     if k == 0 {
