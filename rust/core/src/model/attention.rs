@@ -14,11 +14,14 @@
 //! every lane runs the scalar definition of its query, so a query's result never depends on the
 //! level, nor on the rest of its tile or batch. Per sequence its keys are
 //! packed once so that [`KEYS`] keys' values of one column are adjacent ([`pack_keys`]). Per tile
-//! and head: the query columns are gathered (`qt[p]` holds `q[p]` of every lane); a score is `d`
-//! multiply-adds of a broadcast key value with `qt[p]`, [`KEYS`] keys at a time; max, exp2 and
-//! sum are lane-wise; the output is `n` multiply-adds per column with broadcast value entries, a
-//! block of columns held in registers, then scattered to the query rows. Every multiply-add is a
-//! full vector, whatever the head width.
+//! the query rows are transposed once, for every head (`qt[c]` holds column `c` of every lane's
+//! query). Per head: a score is `d` multiply-adds of a broadcast key value with `qt[p]`, [`KEYS`]
+//! keys at a time; max, exp2 and sum are lane-wise; the output is `n` multiply-adds per column with
+//! broadcast value entries, a block of columns held in registers, stored by column (`ot[c]`), and
+//! the tile's output columns are transposed back into the query rows at the end. Every
+//! multiply-add is a full vector, whatever the head width; the transposes are 8 x 8 shuffles
+//! ([`rows_to_columns`], [`columns_to_rows`]), which cost a fraction of the gathers and scatters
+//! they replace.
 
 use rayon::prelude::*;
 
@@ -51,11 +54,11 @@ const MAX_LANES: usize = 16;
 /// Keys scored at once by [`attend_lanes`]: one accumulator each.
 const KEYS: usize = 8;
 
-/// Scratch one parallel task needs for sequences of up to `max_len` tokens, rows of `width`
-/// values and heads of width `d`: the packed keys of one sequence ([`pack_keys`]), a tile's
-/// transposed queries, then its scores.
-fn task_scratch(max_len: usize, width: usize, d: usize) -> usize {
-    max_len.div_ceil(KEYS) * KEYS * width + MAX_LANES * (d + max_len)
+/// Scratch one parallel task needs for sequences of up to `max_len` tokens and rows of `width`
+/// values: the packed keys of one sequence ([`pack_keys`]), a tile's transposed queries and
+/// outputs, then its scores.
+fn task_scratch(max_len: usize, width: usize) -> usize {
+    max_len.div_ceil(KEYS) * KEYS * width + MAX_LANES * (2 * width + max_len)
 }
 
 /// Attention of `query_seq.len()` query rows of width `width` (`heads` heads).
@@ -93,7 +96,7 @@ pub(crate) fn attention(
     let chunk = nq
         .div_ceil(rayon::current_num_threads().max(1))
         .next_multiple_of(MAX_LANES);
-    let per_task = task_scratch(max_len, width, width / heads);
+    let per_task = task_scratch(max_len, width);
     fit(scores, nq.div_ceil(chunk) * per_task);
     let cx = Ctx {
         q,
@@ -317,8 +320,7 @@ unsafe fn attend_lanes<L: F32Lanes>(cx: &Ctx, first: usize, out: &mut [f32], sc:
     for r in [&cx.k, &cx.v] {
         assert!(r.data.len() >= (cx.offsets[cx.offsets.len() - 1] - 1) * r.stride + r.col + width);
     }
-    let widest = cx.q.stride.max(cx.k.stride).max(width);
-    assert!(lanes <= MAX_LANES && MAX_LANES.max(KEYS) * widest <= i32::MAX as usize);
+    assert!(lanes <= MAX_LANES && lanes.is_multiple_of(8));
     // The sequence whose keys `sc` holds.
     let mut packed = None;
     let mut i = 0;
@@ -331,31 +333,33 @@ unsafe fn attend_lanes<L: F32Lanes>(cx: &Ctx, first: usize, out: &mut [f32], sc:
         let (start, n) = cx.seq(s);
         let groups = n.div_ceil(KEYS);
         let (kp, rest) = sc.split_at_mut(groups * KEYS * width);
-        let (qt, e) = rest.split_at_mut(MAX_LANES * d);
+        let (qt, rest) = rest.split_at_mut(MAX_LANES * width);
+        let (ot, e) = rest.split_at_mut(MAX_LANES * width);
         let e = &mut e[..lanes * n];
         if packed != Some(s) {
             // SAFETY: both callers' levels include AVX2 (`attend_avx512`'s enables it); the rows
-            // and strides are as asserted above.
+            // are as asserted above.
             unsafe { pack_keys(cx, s, kp) };
             packed = Some(s);
         }
-        // SAFETY: `L`'s features are enabled (caller); `rows >= 1` and the strides fit `i32`
-        // (asserted); the query rows `first + i + l` for `l < rows` lie within `q` (asserted), and
-        // out rows `i + l` within `out`.
+        // SAFETY: `L`'s features, AVX2 among them, are enabled (caller); the query rows
+        // `first + i + l` for `l < rows` lie within `q` and the out rows `i + l` within `out`
+        // (asserted above); `qt` and `ot` hold `lanes * width` values, `e` `lanes * n`.
         unsafe {
-            let q_at = L::row_offsets(cx.q.stride, rows);
-            let out_at = L::row_offsets(width, rows);
-            let q0 = cx.q.data.as_ptr().add((first + i) * cx.q.stride + cx.q.col);
-            let o0 = out.as_mut_ptr().add(i * width);
+            for g in 0..lanes / 8 {
+                let valid = rows.saturating_sub(8 * g).min(8);
+                let src = std::array::from_fn(|u| {
+                    let l = (8 * g + u).min(rows - 1);
+                    cx.q.data
+                        .as_ptr()
+                        .add((first + i + l) * cx.q.stride + cx.q.col)
+                });
+                rows_to_columns(&src, valid, width, qt.as_mut_ptr().add(8 * g), lanes);
+            }
             for h in 0..cx.heads {
-                for p in 0..d {
-                    L::store(
-                        qt.as_mut_ptr().add(p * lanes),
-                        L::gather(q0.add(h * d + p), q_at),
-                    );
-                }
+                let qh = &qt[h * d * lanes..(h + 1) * d * lanes];
                 let head_keys = &kp[h * groups * d * KEYS..(h + 1) * groups * d * KEYS];
-                let m = scores::<L>(qt, head_keys, d, n, e);
+                let m = scores::<L>(qh, head_keys, d, n, e);
                 let (mut z, cv) = (L::zero(), L::splat(c));
                 let mc = L::mul(m, L::splat(-c));
                 for j in 0..n {
@@ -368,61 +372,168 @@ unsafe fn attend_lanes<L: F32Lanes>(cx: &Ctx, first: usize, out: &mut [f32], sc:
                     cx.v.data
                         .as_ptr()
                         .add(start * cx.v.stride + cx.v.col + h * d);
-                let o = Out {
-                    ptr: o0.add(h * d),
-                    offsets: out_at,
-                    rows,
-                };
-                weighted_values::<L>(e, v0, cx.v.stride, d, n, inv, o);
+                let oh = ot.as_mut_ptr().add(h * d * lanes);
+                weighted_values::<L>(e, v0, cx.v.stride, d, n, inv, oh);
+            }
+            for g in 0..rows.div_ceil(8) {
+                let valid = (rows - 8 * g).min(8);
+                let dst = std::array::from_fn(|u| {
+                    let l = (8 * g + u).min(rows - 1);
+                    out.as_mut_ptr().add((i + l) * width)
+                });
+                columns_to_rows(ot.as_ptr().add(8 * g), lanes, width, &dst, valid);
             }
         }
         i += rows;
     }
 }
 
-/// Where a tile's head output goes: lane `l < rows` writes `ptr[offsets[l] + c]`.
+/// `t[c] = (r[0][c], ..., r[7][c])`: the 8 x 8 transpose of eight rows of eight values.
+///
+/// # Safety
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
-struct Out<L: F32Lanes> {
-    ptr: *mut f32,
-    offsets: L::Offsets,
-    rows: usize,
+#[inline(always)]
+unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 (caller); register shuffles only.
+    unsafe {
+        let a: [__m256; 8] = [
+            _mm256_unpacklo_ps(r[0], r[1]),
+            _mm256_unpackhi_ps(r[0], r[1]),
+            _mm256_unpacklo_ps(r[2], r[3]),
+            _mm256_unpackhi_ps(r[2], r[3]),
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+            _mm256_unpacklo_ps(r[6], r[7]),
+            _mm256_unpackhi_ps(r[6], r[7]),
+        ];
+        let b: [__m256; 8] = [
+            _mm256_shuffle_ps::<0x44>(a[0], a[2]),
+            _mm256_shuffle_ps::<0xEE>(a[0], a[2]),
+            _mm256_shuffle_ps::<0x44>(a[1], a[3]),
+            _mm256_shuffle_ps::<0xEE>(a[1], a[3]),
+            _mm256_shuffle_ps::<0x44>(a[4], a[6]),
+            _mm256_shuffle_ps::<0xEE>(a[4], a[6]),
+            _mm256_shuffle_ps::<0x44>(a[5], a[7]),
+            _mm256_shuffle_ps::<0xEE>(a[5], a[7]),
+        ];
+        [
+            _mm256_permute2f128_ps::<0x20>(b[0], b[4]),
+            _mm256_permute2f128_ps::<0x20>(b[1], b[5]),
+            _mm256_permute2f128_ps::<0x20>(b[2], b[6]),
+            _mm256_permute2f128_ps::<0x20>(b[3], b[7]),
+            _mm256_permute2f128_ps::<0x31>(b[0], b[4]),
+            _mm256_permute2f128_ps::<0x31>(b[1], b[5]),
+            _mm256_permute2f128_ps::<0x31>(b[2], b[6]),
+            _mm256_permute2f128_ps::<0x31>(b[3], b[7]),
+        ]
+    }
+}
+
+/// `dst[c * ld + u] = src[u][c]` for `u < valid` and 0 for `valid <= u < 8`, for the columns
+/// `c < cols`: eight rows into eight adjacent lanes of each column.
+///
+/// # Safety
+/// The CPU must support AVX2; `src[u]` for `u < valid` is readable for `cols` values; `dst` is
+/// writable at `c * ld + u` for `c < cols`, `u < 8`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn rows_to_columns(
+    src: &[*const f32; 8],
+    valid: usize,
+    cols: usize,
+    dst: *mut f32,
+    ld: usize,
+) {
+    use std::arch::x86_64::*;
+    let body = cols / 8 * 8;
+    // SAFETY (both blocks): the reads and writes the contract allows.
+    unsafe {
+        for c0 in (0..body).step_by(8) {
+            let r = std::array::from_fn(|u| {
+                if u < valid {
+                    _mm256_loadu_ps(src[u].add(c0))
+                } else {
+                    _mm256_setzero_ps()
+                }
+            });
+            for (j, t) in transpose8(r).into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add((c0 + j) * ld), t);
+            }
+        }
+        for c in body..cols {
+            for (u, row) in src.iter().enumerate() {
+                *dst.add(c * ld + u) = if u < valid { *row.add(c) } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// `dst[u][c] = src[c * ld + u]` for `u < valid` and the columns `c < cols`: the inverse of
+/// [`rows_to_columns`] for the first `valid` rows.
+///
+/// # Safety
+/// The CPU must support AVX2; `src` is readable at `c * ld + u` for `c < cols`, `u < 8`; `dst[u]`
+/// for `u < valid` is writable for `cols` values.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn columns_to_rows(
+    src: *const f32,
+    ld: usize,
+    cols: usize,
+    dst: &[*mut f32; 8],
+    valid: usize,
+) {
+    use std::arch::x86_64::*;
+    let body = cols / 8 * 8;
+    // SAFETY (both blocks): the reads and writes the contract allows.
+    unsafe {
+        for c0 in (0..body).step_by(8) {
+            let t = transpose8(std::array::from_fn(|j| {
+                _mm256_loadu_ps(src.add((c0 + j) * ld))
+            }));
+            for (u, row) in t.iter().enumerate().take(valid) {
+                _mm256_storeu_ps(dst[u].add(c0), *row);
+            }
+        }
+        for c in body..cols {
+            for (u, row) in dst.iter().enumerate().take(valid) {
+                *row.add(c) = *src.add(c * ld + u);
+            }
+        }
+    }
 }
 
 /// Writes the keys of sequence `s` in groups of [`KEYS`], so that a group's values for one
 /// column are adjacent: `kp[((h * groups + g) * d + p) * KEYS + u] = k[g * KEYS + u][h * d + p]`
-/// (key rows counted from the sequence's first), zeros past its last key. One gather per
-/// `KEYS` values.
+/// (key rows counted from the sequence's first), zeros past its last key: per group and head, a
+/// [`rows_to_columns`] transpose.
 ///
 /// # Safety
-/// The CPU must support AVX2; the sequence's key rows lie within `cx.k` and `KEYS * stride`
-/// fits `i32` (as [`attend_lanes`] asserts).
+/// The CPU must support AVX2; the sequence's key rows lie within `cx.k` (as [`attend_lanes`]
+/// asserts).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pack_keys(cx: &Ctx, s: usize, kp: &mut [f32]) {
-    use std::arch::x86_64::*;
-    const _: () = assert!(KEYS == 8, "one 256-bit gather per group and column");
+    const _: () = assert!(KEYS == 8, "one 8 x 8 transpose per group and 8 columns");
     let (start, n) = cx.seq(s);
     let d = cx.d();
     let groups = n.div_ceil(KEYS);
     let kp = &mut kp[..cx.heads * groups * d * KEYS];
-    let stride = cx.k.stride as i32;
-    let rows = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let offsets = _mm256_mullo_epi32(rows, _mm256_set1_epi32(stride));
     for g in 0..groups {
-        let valid = (n - g * KEYS).min(KEYS) as i32;
-        // Lanes of keys past the end read nothing and write 0.
-        let mask = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), rows));
-        let first = (start + g * KEYS) * cx.k.stride + cx.k.col;
+        let valid = (n - g * KEYS).min(KEYS);
         for h in 0..cx.heads {
             let block = &mut kp[(h * groups + g) * d * KEYS..][..d * KEYS];
-            for (p, slot) in block.chunks_exact_mut(KEYS).enumerate() {
-                // SAFETY: AVX2 is enabled; unmasked lanes read key rows of the sequence, column
-                // `col + h * d + p < col + width`; `slot` holds 8 values.
-                unsafe {
-                    let base = cx.k.data.as_ptr().add(first + h * d + p);
-                    let v = _mm256_mask_i32gather_ps::<4>(_mm256_setzero_ps(), base, offsets, mask);
-                    _mm256_storeu_ps(slot.as_mut_ptr(), v);
-                }
+            // SAFETY: AVX2 is enabled; the rows `u < valid` are key rows of the sequence, read
+            // for the head's `d` columns (`col + h * d + d <= col + width`); the others are
+            // never read. `block` holds `d * KEYS` values, the writes' extent.
+            unsafe {
+                let src = std::array::from_fn(|u| {
+                    let row = start + g * KEYS + u.min(valid - 1);
+                    cx.k.data.as_ptr().add(row * cx.k.stride + cx.k.col + h * d)
+                });
+                rows_to_columns(&src, valid, d, block.as_mut_ptr(), KEYS);
             }
         }
     }
@@ -462,13 +573,13 @@ unsafe fn scores<L: F32Lanes>(qt: &[f32], kp: &[f32], d: usize, n: usize, e: &mu
     m
 }
 
-/// `out[c] = (sum_j e[j] v_j[c]) * inv` for the `d` columns of a head (value row `j` at
-/// `v0 + j * stride`), in blocks of columns: the block width is picked so the blocks cover `d`
+/// `o[c * LANES + l] = (sum_j e[j] v_j[c]) * inv` (lane `l`'s query) for the `d` columns of a
+/// head (value row `j` at `v0 + j * stride`), in blocks of columns: the block width is picked so the blocks cover `d`
 /// with the fewest accumulators of at most `L::MAX_ACCUMULATORS` (the last block may overlap the one
 /// before it and writes equal values again).
 ///
 /// # Safety
-/// As [`attend_lanes`]; the value rows are readable and `o` is writable for the `d` columns.
+/// As [`attend_lanes`]; the value rows are readable and `o` is writable for `d * LANES` values.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn weighted_values<L: F32Lanes>(
@@ -478,7 +589,7 @@ unsafe fn weighted_values<L: F32Lanes>(
     d: usize,
     n: usize,
     inv: L::V,
-    o: Out<L>,
+    o: *mut f32,
 ) {
     let blocks = d.div_ceil(L::MAX_ACCUMULATORS);
     let width = d.div_ceil(blocks);
@@ -507,7 +618,7 @@ unsafe fn value_blocks<L: F32Lanes, const W: usize>(
     d: usize,
     n: usize,
     inv: L::V,
-    o: Out<L>,
+    o: *mut f32,
 ) {
     let lanes = L::LANES;
     let mut c0 = 0;
@@ -524,7 +635,7 @@ unsafe fn value_blocks<L: F32Lanes, const W: usize>(
                 }
             }
             for (u, &a) in acc.iter().enumerate() {
-                L::scatter(o.ptr.add(c + u), o.offsets, o.rows, L::mul(a, inv));
+                L::store(o.add((c + u) * lanes), L::mul(a, inv));
             }
         }
         c0 += W;
@@ -729,11 +840,10 @@ mod tests {
         let mut seed = 5;
         for (width, heads) in SHAPES {
             let case = Case::new(&LENS, width, heads, &mut seed);
-            let d = width / heads;
             let want = case.one_by_one::<true>();
             let query_seq = case.all_queries();
             let cx = case.ctx(&query_seq);
-            let mut sc = vec![0f32; task_scratch(40, width, d)];
+            let mut sc = vec![0f32; task_scratch(40, width)];
             let mut got = vec![f32::NAN; want.len()];
             for (first, end) in [(0, 5), (5, 37), (37, query_seq.len())] {
                 // SAFETY: the caller checked the kernel's CPU features.

@@ -22,8 +22,6 @@ pub(crate) unsafe trait F32Lanes {
     /// Vectors a kernel may keep as accumulators beside its operands in the register file.
     const MAX_ACCUMULATORS: usize;
     type V: Copy;
-    /// Per-lane element offsets for [`F32Lanes::gather`] and [`F32Lanes::scatter`].
-    type Offsets: Copy;
 
     unsafe fn zero() -> Self::V;
     unsafe fn splat(x: f32) -> Self::V;
@@ -59,13 +57,6 @@ pub(crate) unsafe trait F32Lanes {
             )
         }
     }
-    /// Offsets `min(l, rows - 1) * stride` for lane `l` (`1 <= rows`, `LANES * stride` within
-    /// `i32`): lanes past `rows` repeat the last row.
-    unsafe fn row_offsets(stride: usize, rows: usize) -> Self::Offsets;
-    /// Lane `l` reads `p[offsets[l]]`.
-    unsafe fn gather(p: *const f32, offsets: Self::Offsets) -> Self::V;
-    /// Lane `l < rows` writes `p[offsets[l]]`; the other lanes write nothing.
-    unsafe fn scatter(p: *mut f32, offsets: Self::Offsets, rows: usize, v: Self::V);
 }
 
 /// 256-bit vectors; requires AVX2 and FMA.
@@ -77,7 +68,6 @@ unsafe impl F32Lanes for Avx2 {
     const LANES: usize = 8;
     const MAX_ACCUMULATORS: usize = 12;
     type V = __m256;
-    type Offsets = [i32; 8];
 
     #[inline(always)]
     unsafe fn zero() -> __m256 {
@@ -123,27 +113,6 @@ unsafe impl F32Lanes for Avx2 {
     unsafe fn gelu(x: __m256) -> __m256 {
         unsafe { vmath::gelu_avx2(x) }
     }
-    #[inline(always)]
-    unsafe fn row_offsets(stride: usize, rows: usize) -> [i32; 8] {
-        std::array::from_fn(|l| (l.min(rows - 1) * stride) as i32)
-    }
-    #[inline(always)]
-    unsafe fn gather(p: *const f32, offsets: [i32; 8]) -> __m256 {
-        unsafe {
-            let idx = _mm256_loadu_si256(offsets.as_ptr().cast());
-            _mm256_i32gather_ps::<4>(p, idx)
-        }
-    }
-    #[inline(always)]
-    unsafe fn scatter(p: *mut f32, offsets: [i32; 8], rows: usize, v: __m256) {
-        let mut lanes = [0f32; 8];
-        unsafe {
-            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
-            for (&o, &x) in offsets.iter().zip(&lanes).take(rows) {
-                *p.offset(o as isize) = x;
-            }
-        }
-    }
 }
 
 /// 512-bit vectors; requires AVX-512F.
@@ -155,7 +124,6 @@ unsafe impl F32Lanes for Avx512 {
     const LANES: usize = 16;
     const MAX_ACCUMULATORS: usize = 16;
     type V = __m512;
-    type Offsets = __m512i;
 
     #[inline(always)]
     unsafe fn zero() -> __m512 {
@@ -200,19 +168,5 @@ unsafe impl F32Lanes for Avx512 {
     #[inline(always)]
     unsafe fn gelu(x: __m512) -> __m512 {
         unsafe { vmath::gelu_avx512(x) }
-    }
-    #[inline(always)]
-    unsafe fn row_offsets(stride: usize, rows: usize) -> __m512i {
-        let o: [i32; 16] = std::array::from_fn(|l| (l.min(rows - 1) * stride) as i32);
-        unsafe { _mm512_loadu_si512(o.as_ptr().cast()) }
-    }
-    #[inline(always)]
-    unsafe fn gather(p: *const f32, offsets: __m512i) -> __m512 {
-        unsafe { _mm512_i32gather_ps::<4>(offsets, p) }
-    }
-    #[inline(always)]
-    unsafe fn scatter(p: *mut f32, offsets: __m512i, rows: usize, v: __m512) {
-        let mask = (u32::MAX >> (32 - rows.min(16))) as u16;
-        unsafe { _mm512_mask_i32scatter_ps::<4>(p, mask, offsets, v) }
     }
 }

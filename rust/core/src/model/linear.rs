@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::matmul::F32Linear;
 use super::quantize::quantize_rows;
-use super::workspace::QuantScratch;
+use super::workspace::{QuantScratch, QuantSlices};
 use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gemm::{gemm_dequant, PackedWeights};
@@ -67,10 +67,8 @@ impl Linear {
     }
 
     /// `out = x @ W^T + b` for `rows` rows (`x`: `[rows, k]`, `out`: `[rows, n]`), rows split over
-    /// the current rayon pool. The int8 form quantizes each row of `x` to u8 (its own scale and zero
-    /// point) into `scratch`, then runs the fused GEMM; both are per row, so a row's output never
-    /// depends on the other rows. Every kernel runs at `isa`. `name` labels errors (a non-finite
-    /// activation).
+    /// the current rayon pool, each task as [`Linear::forward_serial`]. `name` labels errors (a
+    /// non-finite activation).
     pub fn forward(
         &self,
         x: &[f32],
@@ -103,11 +101,56 @@ impl Linear {
                     .zip(zps.par_chunks_mut(chunk))
                     .try_for_each(|((((o, xa), qa), sa), za)| {
                         let r = sa.len();
-                        quantize_rows(isa, xa, r, k, qa, sa, za)
-                            .map_err(|e| Error::compute(format!("input of {name}: {e}")))?;
-                        gemm_dequant(qa, r, k, &l.packed, sa, za, Some(&l.bias), o, isa.kind())
-                            .map_err(|e| Error::compute(format!("{name}: {e}")))
+                        let mut part = QuantSlices {
+                            q: qa,
+                            scales: sa,
+                            zero_points: za,
+                        };
+                        self.forward_serial(xa, r, o, &mut part, isa, name)
                     })
+            }
+        }
+    }
+
+    /// [`Linear::forward`] on the calling thread: the int8 form quantizes each row of `x` to u8
+    /// (its own scale and zero point) into `scratch`, then runs the fused GEMM; both are per row,
+    /// so a row's output never depends on the other rows. Every kernel runs at `isa`.
+    pub fn forward_serial(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        scratch: &mut QuantSlices,
+        isa: Isa,
+        name: &(dyn std::fmt::Display + Sync),
+    ) -> Result<()> {
+        match self {
+            Linear::F32(l) => {
+                l.forward_serial(x, rows, out, isa);
+                Ok(())
+            }
+            Linear::Int8(l) => {
+                let (k, n) = (l.packed.k(), l.packed.n());
+                let (x, out) = (&x[..rows * k], &mut out[..rows * n]);
+                let q = &mut scratch.q[..rows * k];
+                let (sa, za) = (
+                    &mut scratch.scales[..rows],
+                    &mut scratch.zero_points[..rows],
+                );
+                quantize_rows(isa, x, rows, k, q, sa, za)
+                    .map_err(|e| Error::compute(format!("input of {name}: {e}")))?;
+                gemm_dequant(
+                    q,
+                    rows,
+                    k,
+                    &l.packed,
+                    sa,
+                    za,
+                    Some(&l.bias),
+                    out,
+                    isa.kind(),
+                )
+                .map_err(|e| Error::compute(format!("{name}: {e}")))
             }
         }
     }

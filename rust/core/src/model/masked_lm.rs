@@ -111,6 +111,9 @@ pub(crate) fn top_k(
     Ok(())
 }
 
+/// Logits scanned per block by [`best_ids`].
+const SCAN_BLOCK: usize = 64;
+
 /// The `ids.len()` best allowed ids of `logits` into `ids`, best first (higher logit, then lower
 /// id), `-1` where fewer are allowed. Err(id) on the first non-finite logit.
 fn best_ids(logits: &[f32], allowed: Option<&[bool]>, ids: &mut [i64]) -> Result<(), usize> {
@@ -122,19 +125,31 @@ fn best_ids(logits: &[f32], allowed: Option<&[bool]>, ids: &mut [i64]) -> Result
     // (logit, id), best first; ids arrive in increasing order, so a later id enters only with a
     // strictly higher logit than the one it displaces.
     let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
-    for (id, &x) in logits.iter().enumerate() {
-        if !x.is_finite() {
-            return Err(id);
+    // Blocks whose largest logit cannot enter a full list are skipped whole after one
+    // vectorizable pass (finiteness is checked there too); the others go value by value.
+    for (b, block) in logits.chunks(SCAN_BLOCK).enumerate() {
+        let (top, finite) = block.iter().fold((f32::NEG_INFINITY, true), |(m, ok), &x| {
+            (if x > m { x } else { m }, ok & x.is_finite())
+        });
+        if !finite {
+            let at = block.iter().position(|x| !x.is_finite()).unwrap_or(0);
+            return Err(b * SCAN_BLOCK + at);
         }
-        if allowed.is_some_and(|a| !a[id]) {
+        if best.len() == k && top <= best[k - 1].0 {
             continue;
         }
-        if best.len() == k && x <= best[k - 1].0 {
-            continue;
+        for (i, &x) in block.iter().enumerate() {
+            let id = b * SCAN_BLOCK + i;
+            if allowed.is_some_and(|a| !a[id]) {
+                continue;
+            }
+            if best.len() == k && x <= best[k - 1].0 {
+                continue;
+            }
+            let at = best.partition_point(|&(y, _)| y >= x);
+            best.insert(at, (x, id));
+            best.truncate(k);
         }
-        let at = best.partition_point(|&(y, _)| y >= x);
-        best.insert(at, (x, id));
-        best.truncate(k);
     }
     for (slot, (_, id)) in ids.iter_mut().zip(best) {
         *slot = id as i64;
@@ -164,5 +179,28 @@ mod tests {
     fn non_finite_logits_are_reported() {
         let mut ids = [0i64; 2];
         assert_eq!(best_ids(&[1.0, f32::NAN, 2.0], None, &mut ids), Err(1));
+        let mut long = vec![0.5f32; 300];
+        long[200] = f32::INFINITY;
+        assert_eq!(best_ids(&long, None, &mut ids), Err(200));
+    }
+
+    /// Across many blocks, with ties and a mask: a full sort's order (higher logit, lower id).
+    #[test]
+    fn matches_a_full_sort() {
+        let mut rng = crate::testing::SplitMix64::new(11);
+        for (n, k) in [(1000, 15), (130, 1), (64, 64), (200, 250)] {
+            // Few distinct values, so that ties cross block boundaries.
+            let logits: Vec<f32> = (0..n)
+                .map(|_| (rng.next_u64() % 40) as f32 * 0.25)
+                .collect();
+            let allowed: Vec<bool> = (0..n).map(|_| !rng.next_u64().is_multiple_of(4)).collect();
+            let mut want: Vec<usize> = (0..n).filter(|&i| allowed[i]).collect();
+            want.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            let mut want: Vec<i64> = want.into_iter().take(k).map(|i| i as i64).collect();
+            want.resize(k, -1);
+            let mut got = vec![0i64; k];
+            best_ids(&logits, Some(&allowed), &mut got).unwrap();
+            assert_eq!(got, want, "n {n} k {k}");
+        }
     }
 }

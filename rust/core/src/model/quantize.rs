@@ -312,6 +312,24 @@ mod tests {
         both(&halves, 1, 255);
     }
 
+    /// Values whose quotient by the row's scale lies on or within a few ulps of a half-integer,
+    /// where any rounding slip would change a code.
+    #[test]
+    fn quotients_next_to_half_integers() {
+        let mut rng = SplitMix64::new(5);
+        for _ in 0..200 {
+            let (lo, hi) = (-(rng.normal().abs() * 3.0), rng.normal().abs() * 5.0 + 0.01);
+            let (scale, zp) = activation_params(lo, hi).unwrap();
+            let mut x = vec![lo, hi];
+            for _ in 0..40 {
+                let j = rng.below(255) as f32 - zp + 0.5;
+                let v = (j * scale).clamp(lo, hi);
+                x.extend([v, v.next_up().min(hi), v.next_down().max(lo)]);
+            }
+            both(&x, 1, x.len());
+        }
+    }
+
     #[test]
     fn non_finite_values_are_errors_like_the_reference() {
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {

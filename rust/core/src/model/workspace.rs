@@ -42,6 +42,13 @@ impl QuantScratch {
     }
 }
 
+/// One task's share of a [`QuantScratch`]: room for the quantized inputs of its rows.
+pub struct QuantSlices<'a> {
+    pub q: &'a mut [u8],
+    pub scales: &'a mut [f32],
+    pub zero_points: &'a mut [u8],
+}
+
 /// Scratch of one forward pass; see the module docs.
 #[derive(Debug, Default)]
 pub struct Workspace {
