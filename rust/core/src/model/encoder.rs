@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use super::attention::{attention, self_attention_qkv, Rows};
 use super::linear::rows_per_task;
 use super::ops::{activation, add_layer_norm, layer_norm, tanh_in_place, uncertainty};
-use super::workspace::{QuantScratch, QuantSlices, Workspace};
+use super::workspace::{QuantScratch, Workspace};
 use super::{Branch, EncoderLayer, FastBertBranch, Head, LayerNormWeights, ModelWeights};
 use crate::cpu::Isa;
 use crate::error::{Error, Result};
@@ -348,10 +348,10 @@ fn cls_rows(
 /// output): `x = LayerNorm(x + ctx @ attn_out^T + b)`, then the feed-forward block; `tmp`, `ffn`
 /// and `quant` are scratch.
 ///
-/// Every step is per row, so the whole block runs one parallel task per slice of rows
-/// ([`block_rows`]): a slice's intermediates (`tmp`, `ffn`, the quantized inputs) are read back
-/// while they are still in the core's cache, where separate passes over all rows would stream
-/// each of them through memory, and the threads meet once per block instead of once per step.
+/// Every step is per row, so the whole block runs as one parallel task per slice of rows: a
+/// slice's intermediates (`tmp`, `ffn`, the quantized inputs) are read back while they are still
+/// in the core's cache, where separate passes over all rows would stream each of them through
+/// memory, and the threads meet once per block instead of once per step.
 #[allow(clippy::too_many_arguments)]
 fn after_attention(
     model: &ModelWeights,
@@ -370,59 +370,35 @@ fn after_attention(
     if t == 0 {
         return Ok(());
     }
-    let chunk = rows_per_task(t);
-    let k = h.max(f);
-    x.par_chunks_mut(chunk * h)
-        .zip(ctx[..t * h].par_chunks(chunk * h))
-        .zip(tmp[..t * h].par_chunks_mut(chunk * h))
-        .zip(ffn[..t * f].par_chunks_mut(chunk * f))
-        .zip(quant.q[..t * k].par_chunks_mut(chunk * k))
-        .zip(quant.scales[..t].par_chunks_mut(chunk))
-        .zip(quant.zero_points[..t].par_chunks_mut(chunk))
-        .try_for_each(|((((((x, ctx), tmp), ffn), q), scales), zero_points)| {
-            let mut quant = QuantSlices {
-                q,
-                scales,
-                zero_points,
-            };
-            block_rows(model, layer, l, x, ctx, tmp, ffn, &mut quant, isa)
-        })
-}
-
-/// [`after_attention`] for one slice of rows, on the calling thread.
-#[allow(clippy::too_many_arguments)]
-fn block_rows(
-    model: &ModelWeights,
-    layer: &EncoderLayer,
-    l: usize,
-    x: &mut [f32],
-    ctx: &[f32],
-    tmp: &mut [f32],
-    ffn: &mut [f32],
-    quant: &mut QuantSlices,
-    isa: Isa,
-) -> Result<()> {
-    let d = &model.dims;
-    let (h, f) = (d.hidden, d.intermediate);
-    let t = x.len() / h;
-    let (tmp, ffn) = (&mut tmp[..t * h], &mut ffn[..t * f]);
     let site = |linear| Site { layer: l, linear };
     let norm = |x: &mut [f32], y: &[f32], n: &LayerNormWeights| {
         add_layer_norm(isa, x, y, &n.weight, &n.bias, d.eps)
     };
-    layer
-        .attn_out
-        .forward_serial(ctx, t, tmp, quant, isa, &site("attn_out"))?;
-    norm(x, tmp, &layer.attn_norm);
-    layer
-        .ffn_in
-        .forward_serial(x, t, ffn, quant, isa, &site("ffn_in"))?;
-    activation(isa, ffn, d.act);
-    layer
-        .ffn_out
-        .forward_serial(ffn, t, tmp, quant, isa, &site("ffn_out"))?;
-    norm(x, tmp, &layer.ffn_norm);
-    Ok(())
+    // One slice of rows, on the calling thread.
+    let block = |x: &mut [f32], ctx: &[f32], tmp: &mut [f32], ffn: &mut [f32], quant: &mut _| {
+        let t = x.len() / h;
+        let (tmp, ffn) = (&mut tmp[..t * h], &mut ffn[..t * f]);
+        layer
+            .attn_out
+            .forward_serial(ctx, t, tmp, quant, isa, &site("attn_out"))?;
+        norm(x, tmp, &layer.attn_norm);
+        layer
+            .ffn_in
+            .forward_serial(x, t, ffn, quant, isa, &site("ffn_in"))?;
+        activation(isa, ffn, d.act);
+        layer
+            .ffn_out
+            .forward_serial(ffn, t, tmp, quant, isa, &site("ffn_out"))?;
+        norm(x, tmp, &layer.ffn_norm);
+        Ok(())
+    };
+    let chunk = rows_per_task(t);
+    x.par_chunks_mut(chunk * h)
+        .zip(ctx[..t * h].par_chunks(chunk * h))
+        .zip(tmp[..t * h].par_chunks_mut(chunk * h))
+        .zip(ffn[..t * f].par_chunks_mut(chunk * f))
+        .zip(quant.par_slices(t, h.max(f), chunk))
+        .try_for_each(|((((x, ctx), tmp), ffn), mut quant)| block(x, ctx, tmp, ffn, &mut quant))
 }
 
 /// Copies the first `width` values of the first token row (`[CLS]`) of each sequence of `src`

@@ -89,23 +89,12 @@ impl Linear {
                     return Ok(());
                 }
                 let chunk = rows_per_task(rows);
-                let x = &x[..rows * k];
-                let out = &mut out[..rows * n];
-                let q = &mut scratch.q[..rows * k];
-                let scales = &mut scratch.scales[..rows];
-                let zps = &mut scratch.zero_points[..rows];
-                out.par_chunks_mut(chunk * n)
-                    .zip(x.par_chunks(chunk * k))
-                    .zip(q.par_chunks_mut(chunk * k))
-                    .zip(scales.par_chunks_mut(chunk))
-                    .zip(zps.par_chunks_mut(chunk))
-                    .try_for_each(|((((o, xa), qa), sa), za)| {
-                        let r = sa.len();
-                        let mut part = QuantSlices {
-                            q: qa,
-                            scales: sa,
-                            zero_points: za,
-                        };
+                out[..rows * n]
+                    .par_chunks_mut(chunk * n)
+                    .zip(x[..rows * k].par_chunks(chunk * k))
+                    .zip(scratch.par_slices(rows, k, chunk))
+                    .try_for_each(|((o, xa), mut part)| {
+                        let r = part.scales.len();
                         self.forward_serial(xa, r, o, &mut part, isa, name)
                     })
             }
@@ -115,7 +104,7 @@ impl Linear {
     /// [`Linear::forward`] on the calling thread: the int8 form quantizes each row of `x` to u8
     /// (its own scale and zero point) into `scratch`, then runs the fused GEMM; both are per row,
     /// so a row's output never depends on the other rows. Every kernel runs at `isa`.
-    pub fn forward_serial(
+    pub(crate) fn forward_serial(
         &self,
         x: &[f32],
         rows: usize,

@@ -15,6 +15,8 @@
 //! so the layer loop allocates nothing, and a runtime that keeps its workspaces (the runtime pools
 //! them) allocates nothing in the steady state once it has seen its largest chunk.
 
+use rayon::prelude::*;
+
 use super::{Head, ModelWeights};
 
 /// Grows `v` with default values to at least `n` elements; never shrinks it.
@@ -39,6 +41,25 @@ impl QuantScratch {
         fit(&mut self.q, rows * k);
         fit(&mut self.scales, rows);
         fit(&mut self.zero_points, rows);
+    }
+
+    /// The room of the first `rows` rows of up to `k` features, cut into one slice per `chunk`
+    /// rows for parallel tasks.
+    pub(crate) fn par_slices(
+        &mut self,
+        rows: usize,
+        k: usize,
+        chunk: usize,
+    ) -> impl IndexedParallelIterator<Item = QuantSlices<'_>> {
+        self.q[..rows * k]
+            .par_chunks_mut(chunk * k)
+            .zip(self.scales[..rows].par_chunks_mut(chunk))
+            .zip(self.zero_points[..rows].par_chunks_mut(chunk))
+            .map(|((q, scales), zero_points)| QuantSlices {
+                q,
+                scales,
+                zero_points,
+            })
     }
 }
 
