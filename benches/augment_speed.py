@@ -5,7 +5,8 @@ masked LM and same word vectors, JSON out.
   replaceable word: the sentence re-tokenized, a batch-1 forward of
   ``[CLS] masked [SEP] sentence [SEP]`` with autograd on and logits at every position, a full
   sort over the vocabulary; for words of several pieces a full sort of the word vectors'
-  similarities. Slow: it runs on the first ``--official-rows`` sentences.
+  similarities. Slow: it runs on ``--official-rows`` sentences spread evenly over the ones
+  tinyfast runs on, so that both rates come from sentences of the same mix of lengths.
 - ``word``: ``tinyfast augment`` masking one word per input (the same inputs as above, batched).
 - ``multi``: ``tinyfast augment`` masking several far-apart words per input.
 Each tinyfast mode runs on each masked-LM engine of ``--engines``: ``int8`` (the default on the
@@ -13,7 +14,8 @@ CPU: tinyfast's int8 runtime), ``float32`` and ``bfloat16`` (the checkpoint in t
 first ``--agreement-rows`` sentences the bench measures how far candidates move (share of equal
 best candidates, mean overlap of the K best): each engine against float32, and multi-masking and
 the masked context against TinyBERT's one word per input.
-The Rust neighbour search is timed alone on 1 and 2 threads.
+The Rust neighbour search is timed alone on 1 and 2 threads, in alternating pairs; its scaling
+is the median of the pairs' ratios.
 
 Rates on a shared machine drift by a third within minutes, so the ratios that matter are taken
 side by side: the official pattern and tinyfast's int8 modes (the CPU default) run in
@@ -144,6 +146,16 @@ class Official:
         return out
 
 
+def spread(items: list[str], count: int) -> list[str]:
+    """``count`` items spread evenly over ``items``, first included."""
+    return [items[i * len(items) // count] for i in range(min(count, len(items)))]
+
+
+def mix(sentences: list[str]) -> dict[str, Any]:
+    return {"count": len(sentences),
+            "mean_words": round(sum(len(s.split()) for s in sentences) / len(sentences), 2)}
+
+
 def time_official(args, model, tokenizer, words: list[str], emb: np.ndarray,
                   sentences: list[str]) -> dict[str, Any]:
     official = Official(model, tokenizer, words, emb, args.k, args.n, args.p)
@@ -264,15 +276,21 @@ def _search_times(vectors_file: str, probe: np.ndarray, k: int, rounds: int) -> 
     result: dict[str, Any] = {"index_words": len(vectors), "dim": vectors.dim,
                               "queries": queries, "k": k}
     result["load_average_before"] = round(os.getloadavg()[0], 2)
-    # 1 and 2 threads take turns, so that a slow spell of the shared machine hits both.
+    # 1 and 2 threads take turns, and each pair's ratio is taken within the pair: the shared
+    # machine's speed drifts by a third within minutes, which the best time of each alone does not
+    # cancel (two undisturbed cores come round less often than one).
     best = {1: float("inf"), 2: float("inf")}
     cpu = dict(best)
+    ratios = []
     for _ in range(rounds):
+        wall = {}
         for threads in (1, 2):
             t, c = time.perf_counter(), time.process_time()
             vectors.nearest(probe, k, threads=threads)
-            best[threads] = min(best[threads], time.perf_counter() - t)
+            wall[threads] = time.perf_counter() - t
+            best[threads] = min(best[threads], wall[threads])
             cpu[threads] = min(cpu[threads], time.process_time() - c)
+        ratios.append(wall[1] / wall[2])
     result["rounds"] = rounds
     for threads in (1, 2):
         result[f"seconds_{threads}_thread"] = round(best[threads], 4)
@@ -280,8 +298,9 @@ def _search_times(vectors_file: str, probe: np.ndarray, k: int, rounds: int) -> 
         # cpu / wall is how many cores the run actually got.
         result[f"cpu_seconds_{threads}_thread"] = round(cpu[threads], 4)
         result[f"queries_per_s_{threads}_thread"] = round(queries / best[threads], 1)
-    result["scaling_1_to_2_threads"] = round(result["seconds_1_thread"] /
-                                             result["seconds_2_thread"], 3)
+    result["scaling_1_to_2_threads"] = round(median(ratios), 3)
+    result["scaling_rounds"] = [round(x, 3) for x in ratios]
+    result["scaling_of_best_times"] = round(best[1] / best[2], 3)
     return result
 
 
@@ -306,14 +325,16 @@ def main() -> int:
     ap.add_argument("--min-gaps", default="3,1",
                     help="multi mode's --min-gap values (3 is the default of tinyfast augment)")
     ap.add_argument("--neighbour-queries", type=int, default=4000)
-    # Best of many: the two-thread time needs both cores undisturbed at once, which on a shared
-    # host comes round less often than one undisturbed core, so few rounds bias the ratio down.
-    ap.add_argument("--neighbour-rounds", type=int, default=15)
+    ap.add_argument("--neighbour-rounds", type=int, default=15,
+                    help="alternating 1- and 2-thread pairs of the neighbour search")
     ap.add_argument("--neighbours-only", action="store_true",
                     help="time the neighbour search alone (no masked LM timing)")
     args = ap.parse_args()
-    if args.rounds < 1:
-        ap.error(f"--rounds must be at least 1, got {args.rounds}")
+    for flag in ("rounds", "neighbour_rounds", "official_rows", "rows"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.official_rows > args.rows:
+        ap.error(f"--official-rows ({args.official_rows}) cannot exceed --rows ({args.rows})")
     torch.set_num_threads(args.threads)
 
     from tinyfast.augment.masked_lm import load_masked_lm
@@ -337,6 +358,9 @@ def main() -> int:
     emb = np.stack(vectors)
     sample = work / "sample.tsv"
     sample.write_text("\n".join([header, *rows[: args.rows]]) + "\n", encoding="utf-8")
+    # The official pattern's sentences: every step-th of tinyfast's, the same mix of lengths (its
+    # time grows with the replaceable words of a sentence).
+    official_sentences = spread(sentences[: args.rows], args.official_rows)
 
     result: dict[str, Any] = {
         "bench": "augment_speed", "date": datetime.date.today().isoformat(),
@@ -346,8 +370,11 @@ def main() -> int:
         "vectors": {"words": n_words, "dim": int(emb.shape[1]),
                     "source": "mean word-piece input embeddings of the masked LM"},
         "settings": {"n": args.n, "p": args.p, "k": args.k, "context": "pair"},
-        "note": (f"official timed on the first {args.official_rows} sentences of the train "
-                 f"file, tinyfast on the first {args.rows}; the official pattern and the int8 "
+        "sentences": {"tinyfast": mix(sentences[: args.rows]),
+                      "official": mix(official_sentences)},
+        "note": (f"tinyfast timed on the first {args.rows} sentences of the train file, the "
+                 f"official pattern on {args.official_rows} of them spread evenly (sentences: "
+                 "their number and mean words); the official pattern and the int8 "
                  f"modes alternate in {args.rounds} rounds, and speedup_over_official holds each "
                  "int8 mode's ratio per round (to the official rate of the same round) and their "
                  "median. The machine's 2 cores were shared "
@@ -377,8 +404,7 @@ def main() -> int:
     for r in range(args.rounds if "int8" in engines else 0):
         print(f"round {r + 1}: official ...", file=sys.stderr)
         load_before = round(os.getloadavg()[0], 2)
-        official = time_official(args, model, tokenizer, words, emb,
-                                 sentences[: args.official_rows])
+        official = time_official(args, model, tokenizer, words, emb, official_sentences)
         official_rounds.append(official | {"load_average_before": load_before})
         for mode, gap in runs:
             name = name_of(mode, gap, "int8")
@@ -413,7 +439,7 @@ def main() -> int:
         print("official ...", file=sys.stderr)
         load_before = round(os.getloadavg()[0], 2)
         official_rounds.append(time_official(args, model, tokenizer, words, emb,
-                                             sentences[: args.official_rows])
+                                             official_sentences)
                                | {"load_average_before": load_before})
     official_rate = round(median([o["sentences_per_s"] for o in official_rounds]), 3)
     result["official"] = {"sentences": official_rounds[0]["sentences"],

@@ -17,7 +17,7 @@ from _micro import record_rate
 from tinyfast._native import WordVectors
 
 WORDS, DIM, QUERIES, K = 50_000, 100, 1_000, 15
-KERNELS = ("avx2", "portable")
+KERNELS = ("avx512", "avx2", "portable")
 THREADS = (1, 2)
 CHECKED_QUERIES = 20
 

@@ -70,15 +70,22 @@ fn run<T: Send>(
 }
 
 fn kernel_named(name: Option<&str>) -> PyResult<Kernel> {
-    match name {
-        None => Ok(Kernel::detect()),
-        Some("portable") => Ok(Kernel::Portable),
-        Some("avx2") if Kernel::detect() == Kernel::Avx2 => Ok(Kernel::Avx2),
-        Some(other) => Err(PyValueError::new_err(format!(
-            "kernel {other:?} is not available here: expected \"portable\" or \"{}\"",
-            Kernel::detect().name()
-        ))),
-    }
+    let Some(name) = name else {
+        return Ok(Kernel::detect());
+    };
+    Kernel::named(name)
+        .filter(|k| k.available())
+        .ok_or_else(|| {
+            let here: Vec<String> = Kernel::ALL
+                .into_iter()
+                .filter(|k| k.available())
+                .map(|k| format!("{:?}", k.name()))
+                .collect();
+            PyValueError::new_err(format!(
+                "kernel {name:?} is not available here: expected one of {}",
+                here.join(", ")
+            ))
+        })
 }
 
 fn threads_arg(threads: i64) -> PyResult<usize> {

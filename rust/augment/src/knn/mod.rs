@@ -14,7 +14,7 @@ mod topk;
 
 use rayon::prelude::*;
 
-pub use kernel::{Kernel, LANES, QUERY_BLOCK};
+pub use kernel::{Kernel, Scores, LANES, QUERY_BLOCK, ROW_BLOCK};
 pub use topk::TopK;
 
 /// Rows per task: large enough to amortize a task, small enough that a few queries still make
@@ -108,27 +108,31 @@ fn scan(
     kernel: Kernel,
 ) -> Vec<TopK> {
     let mut best: Vec<TopK> = (0..skip.len()).map(|_| TopK::new(k)).collect();
-    let mut scores = [0.0f32; QUERY_BLOCK];
+    let mut scores: Scores = [[0.0; QUERY_BLOCK]; ROW_BLOCK];
     let block_len = QUERY_BLOCK * dim;
     let mut tile = rows.start;
     while tile < rows.end {
-        let tile_rows = tile..(tile + TILE_ROWS).min(rows.end);
+        let tile_end = (tile + TILE_ROWS).min(rows.end);
+        let tile_vectors = &vectors[tile * dim..tile_end * dim];
         for ((block, tops), skips) in queries
             .chunks_exact(block_len)
             .zip(best.chunks_exact_mut(QUERY_BLOCK))
             .zip(skip.chunks_exact(QUERY_BLOCK))
         {
-            for row in tile_rows.clone() {
-                kernel.dots(&vectors[row * dim..(row + 1) * dim], block, &mut scores);
-                let id = row as u32;
-                for ((top, &score), &skipped) in tops.iter_mut().zip(&scores).zip(skips) {
-                    if skipped != Some(id) {
-                        top.push(score, id);
+            for (i, some_rows) in tile_vectors.chunks(ROW_BLOCK * dim).enumerate() {
+                kernel.dots(some_rows, dim, block, &mut scores);
+                let first = tile + i * ROW_BLOCK;
+                for (row, row_scores) in (first..).zip(&scores[..some_rows.len() / dim]) {
+                    let id = row as u32;
+                    for ((top, &score), &skipped) in tops.iter_mut().zip(row_scores).zip(skips) {
+                        if skipped != Some(id) {
+                            top.push(score, id);
+                        }
                     }
                 }
             }
         }
-        tile = tile_rows.end;
+        tile = tile_end;
     }
     best
 }
@@ -160,9 +164,9 @@ mod tests {
     #[test]
     fn matches_brute_force_on_every_kernel_and_pool_size() {
         let dim = 24;
-        // Two stripes (the second ends inside a tile) and two query groups (the second ends
-        // inside a block).
-        let n_rows = STRIPE_ROWS + 300;
+        // Two stripes (the second ends inside a tile, with a last call of fewer than ROW_BLOCK
+        // rows) and two query groups (the second ends inside a block).
+        let n_rows = STRIPE_ROWS + TILE_ROWS + 4 * ROW_BLOCK + 2;
         let n_queries = GROUP_BLOCKS * QUERY_BLOCK + 11;
         let mut rng = SplitMix64::new(3);
         let vectors: Vec<f32> = (0..n_rows * dim).map(|_| rng.normal()).collect();
@@ -171,7 +175,7 @@ mod tests {
             .map(|q| (q % 2 == 0).then_some(q as u32 * 5))
             .collect();
         let mut runs = Vec::new();
-        for kernel in [Kernel::Portable, Kernel::detect()] {
+        for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
             for threads in [1, 2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)

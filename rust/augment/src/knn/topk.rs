@@ -7,6 +7,10 @@
 pub struct TopK {
     k: usize,
     items: Vec<(f32, u32)>,
+    /// The least score that may still enter: the last item's once the list is full (a pair with
+    /// an equal score enters only with a lower row), -inf before, +inf when `k` is 0. Nearly
+    /// every pair of a long scan fails this one comparison.
+    floor: f32,
 }
 
 /// Whether `a` ranks before `b`.
@@ -20,13 +24,26 @@ impl TopK {
         TopK {
             k,
             items: Vec::with_capacity(k + 1),
+            floor: if k == 0 {
+                f32::INFINITY
+            } else {
+                f32::NEG_INFINITY
+            },
         }
     }
 
     /// Offers one pair; NaN scores never enter.
     #[inline]
     pub fn push(&mut self, score: f32, row: u32) {
-        if self.k == 0 || score.is_nan() {
+        // False for NaN too.
+        if score >= self.floor {
+            self.insert(score, row);
+        }
+    }
+
+    #[inline(never)]
+    fn insert(&mut self, score: f32, row: u32) {
+        if self.k == 0 {
             return;
         }
         let item = (score, row);
@@ -36,6 +53,9 @@ impl TopK {
         let at = self.items.partition_point(|&x| before(x, item));
         self.items.insert(at, item);
         self.items.truncate(self.k);
+        if self.items.len() == self.k {
+            self.floor = self.items[self.k - 1].0;
+        }
     }
 
     pub fn merge(&mut self, other: &TopK) {
@@ -68,6 +88,26 @@ mod tests {
             t.push(s, r);
         }
         assert_eq!(t.into_sorted(), vec![(0.9, 7), (0.9, 9), (0.5, 2)]);
+    }
+
+    #[test]
+    fn ties_at_the_floor_enter_by_row_and_infinities_count() {
+        let mut t = TopK::new(2);
+        for (s, r) in [
+            (f32::NEG_INFINITY, 9),
+            (1.0, 5),
+            (1.0, 7),
+            (1.0, 3),
+            (1.0, 6),
+        ] {
+            t.push(s, r);
+        }
+        assert_eq!(t.clone().into_sorted(), vec![(1.0, 3), (1.0, 5)]);
+        t.push(f32::INFINITY, 8);
+        assert_eq!(t.into_sorted(), vec![(f32::INFINITY, 8), (1.0, 3)]);
+        let mut none = TopK::new(0);
+        none.push(f32::INFINITY, 1);
+        assert!(none.into_sorted().is_empty());
     }
 
     #[test]
