@@ -31,9 +31,9 @@ use crate::config::{BundleConfig, Task};
 use crate::cpu::{Isa, KernelKind};
 use crate::error::{Error, Result};
 use crate::model::encoder::forward;
-use crate::model::masked_lm::{self, Position};
+use crate::model::masked_lm::{self, AllowedDecoder, Position};
 use crate::model::ops::{argmax, softmax};
-use crate::model::Workspace;
+use crate::model::{Head, Workspace};
 use crate::tokenize::{Encoded, Input, TokenBatch};
 
 /// The most tokens (`rows * max_length`) one chunk may hold: a larger `batch_size` is run as
@@ -93,6 +93,9 @@ pub struct Runtime {
     /// Chosen once, here, and passed to every kernel of every call.
     isa: Isa,
     workspaces: Mutex<Vec<Workspace>>,
+    /// A masked LM's decoder cut down to the ids of the last `allowed` mask: callers ask with the
+    /// same mask again and again, and cutting copies the whole decoder.
+    allowed_decoder: Mutex<Option<Arc<AllowedDecoder>>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -133,6 +136,7 @@ impl Runtime {
             pool: RwLock::new(pool),
             isa,
             workspaces: Mutex::new(Vec::new()),
+            allowed_decoder: Mutex::new(None),
         })
     }
 
@@ -320,6 +324,7 @@ impl Runtime {
         if n > start {
             chunks.push(start..n);
         }
+        let cut = allowed.and_then(|a| self.allowed_decoder(a));
         let mut out = vec![-1i64; at.len() * k];
         self.with_workspace(|ws| {
             let mut next = 0;
@@ -353,6 +358,7 @@ impl Runtime {
                     ws,
                     &positions,
                     allowed,
+                    cut.as_deref(),
                     k,
                     self.isa,
                     &mut ids,
@@ -364,6 +370,24 @@ impl Runtime {
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// The masked LM's decoder cut down to `allowed`, made once per mask (see
+    /// [`AllowedDecoder`]); `None` when cutting gains nothing.
+    fn allowed_decoder(&self, allowed: &[bool]) -> Option<Arc<AllowedDecoder>> {
+        let Head::MaskedLm(head) = &self.bundle.weights.head else {
+            return None;
+        };
+        let mut kept = self
+            .allowed_decoder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(cut) = kept.as_ref().filter(|c| c.allows(allowed)) {
+            return Some(Arc::clone(cut));
+        }
+        let cut = AllowedDecoder::new(head, allowed).map(Arc::new);
+        kept.clone_from(&cut);
+        cut
     }
 
     /// An error for calls a `masked_lm` bundle cannot answer.

@@ -193,6 +193,39 @@ impl PackedWeights {
             + std::mem::size_of_val(self.scales.as_slice())
     }
 
+    /// The output channels `channels` alone, in that order, as packed weights of their own:
+    /// channel `i` of the result is channel `channels[i]` of `self` bit for bit (weights, column
+    /// sum and scale), so its GEMM outputs are the selected columns of this one's.
+    ///
+    /// # Panics
+    /// If a channel is `n()` or more.
+    pub fn select(&self, channels: &[usize]) -> PackedWeights {
+        let groups = self.groups;
+        let blocks = channels.len().div_ceil(BLOCK_N);
+        let mut data = vec![Group([0; BLOCK_N * GROUP_K]); blocks * groups];
+        let mut col_sums = vec![0i32; blocks * BLOCK_N];
+        let mut scales = vec![0f32; blocks * BLOCK_N];
+        for (i, &o) in channels.iter().enumerate() {
+            assert!(o < self.n, "channel {o} of {}", self.n);
+            let (b, j) = (i / BLOCK_N, i % BLOCK_N);
+            let (from_b, from_j) = (o / BLOCK_N, o % BLOCK_N);
+            for g in 0..groups {
+                let from = &self.data[from_b * groups + g].0[from_j * GROUP_K..][..GROUP_K];
+                data[b * groups + g].0[j * GROUP_K..][..GROUP_K].copy_from_slice(from);
+            }
+            col_sums[i] = self.col_sums[o];
+            scales[i] = self.scales[o];
+        }
+        PackedWeights {
+            n: channels.len(),
+            k: self.k,
+            groups,
+            data,
+            col_sums,
+            scales,
+        }
+    }
+
     /// Recovers the quantized matrix (for tests and debugging).
     pub fn unpack(&self) -> QuantizedMatrix {
         let mut data = vec![0i8; self.n * self.k];
@@ -910,5 +943,75 @@ mod tests {
             }
             assert_eq!(whole, parts, "{kernel}");
         }
+    }
+
+    #[test]
+    fn selected_channels_are_the_same_columns() {
+        let mut rng = SplitMix64::new(29);
+        let (rows, k, n) = (9, 37, 53);
+        let (a, m, packed) = random_problem(&mut rng, rows, k, n);
+        // Out of order, repeated, across blocks, ending inside a block.
+        let channels = [
+            52, 0, 17, 16, 17, 31, 5, 48, 33, 1, 2, 3, 4, 6, 7, 8, 9, 40, 41,
+        ];
+        let picked = packed.select(&channels);
+        assert_eq!((picked.n(), picked.k(), picked.num_blocks()), (19, k, 2));
+        assert_eq!(picked, PackedWeights::new(&rows_of(&m, &channels)).unwrap());
+        assert!(packed.select(&[]).n() == 0);
+        let scales: Vec<f32> = (0..rows).map(|i| 0.01 + i as f32 * 1e-3).collect();
+        let zps: Vec<u8> = (0..rows).map(|i| (i * 29) as u8).collect();
+        let bias: Vec<f32> = (0..n).map(|o| o as f32 * 0.1).collect();
+        let picked_bias: Vec<f32> = channels.iter().map(|&o| bias[o]).collect();
+        for kernel in [
+            KernelKind::Portable,
+            KernelKind::Avx2,
+            KernelKind::Avx512Vnni,
+        ] {
+            if !kernel_available(kernel) {
+                continue;
+            }
+            let mut whole = vec![0f32; rows * n];
+            gemm_dequant(
+                &a,
+                rows,
+                k,
+                &packed,
+                &scales,
+                &zps,
+                Some(&bias),
+                &mut whole,
+                kernel,
+            )
+            .unwrap();
+            let mut part = vec![0f32; rows * channels.len()];
+            gemm_dequant(
+                &a,
+                rows,
+                k,
+                &picked,
+                &scales,
+                &zps,
+                Some(&picked_bias),
+                &mut part,
+                kernel,
+            )
+            .unwrap();
+            for t in 0..rows {
+                for (i, &o) in channels.iter().enumerate() {
+                    assert_eq!(
+                        part[t * channels.len() + i].to_bits(),
+                        whole[t * n + o].to_bits(),
+                        "{kernel} row {t} channel {o}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The rows `channels` of `m`, as a matrix of their own.
+    fn rows_of(m: &QuantizedMatrix, channels: &[usize]) -> QuantizedMatrix {
+        let data = channels.iter().flat_map(|&o| m.row(o).to_vec()).collect();
+        let scales = channels.iter().map(|&o| m.scales()[o]).collect();
+        QuantizedMatrix::from_parts(channels.len(), m.cols_in(), data, scales).unwrap()
     }
 }

@@ -34,6 +34,14 @@ impl Int8Linear {
     pub fn packed(&self) -> &PackedWeights {
         &self.packed
     }
+
+    /// The output channels `channels` alone, in that order (see [`PackedWeights::select`]).
+    pub fn select(&self, channels: &[usize]) -> Int8Linear {
+        Int8Linear {
+            packed: self.packed.select(channels),
+            bias: channels.iter().map(|&o| self.bias[o]).collect(),
+        }
+    }
 }
 
 /// One of the four linears of an encoder layer.
