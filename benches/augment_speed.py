@@ -320,7 +320,7 @@ def main() -> int:
     ap.add_argument("--engines", default="int8,bfloat16,float32",
                     help="masked-LM engines: int8 (the int8 runtime) and torch dtypes")
     ap.add_argument("--agreement-rows", type=int, default=300)
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="alternating rounds of the official pattern and the int8 modes")
     ap.add_argument("--min-gaps", default="3,1",
                     help="multi mode's --min-gap values (3 is the default of tinyfast augment)")
