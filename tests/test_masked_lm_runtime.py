@@ -110,8 +110,8 @@ def test_f32_bundle_matches_torch_and_allowed_ids_are_respected(masked_lm, tmp_p
 def test_allowed_ids_are_the_full_ranking_filtered(bundle, masked_lm):
     """With ``allowed``, the ids are the whole vocabulary's ranking with the other ids taken out:
     the int8 runtime then runs a decoder cut down to the allowed ids, whose logits must be the
-    full decoder's bit for bit. Masks that change between calls (and all-allowed, which cuts
-    nothing) must each give their own ranking."""
+    full decoder's bit for bit. Masks that change between calls (and all-allowed or none-allowed,
+    which cut nothing) must each give their own ranking."""
     from tinyfast import Runtime
 
     _, tokenizer = masked_lm
@@ -120,11 +120,12 @@ def test_allowed_ids_are_the_full_ranking_filtered(bundle, masked_lm):
     vocab = json.loads((bundle / "tinyfast.json").read_text())["architecture"]["vocab_size"]
     ranking = runtime.masked_lm_top_k(ids, lengths, positions, vocab)
     rng = np.random.default_rng(3)
-    masks = [rng.random(vocab) < 0.6, np.ones(vocab, dtype=bool), rng.random(vocab) < 0.2]
+    masks = [rng.random(vocab) < 0.6, np.ones(vocab, dtype=bool), rng.random(vocab) < 0.2,
+             np.zeros(vocab, dtype=bool)]
     for allowed in [*masks, masks[0]]:
         found = runtime.masked_lm_top_k(ids, lengths, positions, K, allowed=allowed)
         for row, full in zip(found, ranking, strict=True):
-            assert row.tolist() == [i for i in full if allowed[i]][:K]
+            assert row.tolist() == ([i for i in full if allowed[i]] + [-1] * K)[:K]
 
 
 def test_results_do_not_depend_on_batching_order_or_threads(bundle, masked_lm):

@@ -957,19 +957,12 @@ mod tests {
         let picked = packed.select(&channels);
         assert_eq!((picked.n(), picked.k(), picked.num_blocks()), (19, k, 2));
         assert_eq!(picked, PackedWeights::new(&rows_of(&m, &channels)).unwrap());
-        assert!(packed.select(&[]).n() == 0);
+        assert_eq!(packed.select(&[]).n(), 0);
         let scales: Vec<f32> = (0..rows).map(|i| 0.01 + i as f32 * 1e-3).collect();
         let zps: Vec<u8> = (0..rows).map(|i| (i * 29) as u8).collect();
         let bias: Vec<f32> = (0..n).map(|o| o as f32 * 0.1).collect();
         let picked_bias: Vec<f32> = channels.iter().map(|&o| bias[o]).collect();
-        for kernel in [
-            KernelKind::Portable,
-            KernelKind::Avx2,
-            KernelKind::Avx512Vnni,
-        ] {
-            if !kernel_available(kernel) {
-                continue;
-            }
+        for kernel in KernelKind::ALL.into_iter().filter(|&k| kernel_available(k)) {
             let mut whole = vec![0f32; rows * n];
             gemm_dequant(
                 &a,

@@ -44,13 +44,14 @@ pub(crate) struct AllowedDecoder {
 
 impl AllowedDecoder {
     /// The decoder of `head` at the ids `allowed` marks; `None` when cutting gains nothing (an f32
-    /// decoder, or every id allowed).
+    /// decoder, every id allowed) or leaves nothing to run (no id allowed: the full decoder's
+    /// scan then answers -1 throughout).
     pub(crate) fn new(head: &MaskedLmHead, allowed: &[bool]) -> Option<AllowedDecoder> {
         let Linear::Int8(full) = &head.decoder else {
             return None;
         };
         let channels: Vec<usize> = (0..allowed.len()).filter(|&id| allowed[id]).collect();
-        if channels.len() == allowed.len() {
+        if channels.is_empty() || channels.len() == allowed.len() {
             return None;
         }
         Some(AllowedDecoder {
