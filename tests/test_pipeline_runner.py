@@ -85,6 +85,10 @@ def test_every_stage_runs_and_leaves_its_artifact(first_run):
     assert measured == {"torch_fp32", *(tinyfast_name(s) for s in {0.0, 0.5, chosen["speed"]})}
     assert bench["data"]["rows"] == 24 and bench["settings"]["rounds"] == 1
     assert "| bench |" in (out / "report" / "report.md").read_text(encoding="utf-8")
+    # The int8 export calibrated on the self-distillation text (the augmented rows).
+    bundle = json.loads((out / "export" / "bundle" / "tinyfast.json").read_text("utf-8"))
+    assert bundle["smoothing"] is True
+    assert bundle["source"]["calibration"]["file"] == str(out / "augment" / "train.tsv")
     assert [p["speed"] for p in curve["points"]] == [0.0, 0.5, 1.0]
     assert curve["points"][0]["mean_exit_layer"] == 2.0  # the tiny student has 2 layers
     results = summary["results"]
@@ -235,6 +239,7 @@ def test_recipe_masking_modes_are_the_masked_lms():
                                                "names from teacher_torch_fp32"),
     ({"bench": {"contenders": "ort_int8"}}, "expected a non-empty list of names"),
     ({"evaluate": {"speeds": []}}, "expected a non-empty list of numbers"),
+    ({"export": {"calibration_rows": -1}}, "[export] calibration_rows: expected an integer >= 0"),
     ({"task": []}, "[task] must be a table of settings"),
 ])
 def test_recipe_errors_name_the_key(data, message):

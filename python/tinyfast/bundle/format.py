@@ -89,6 +89,12 @@ def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if config.get("quantization") not in QUANTIZATIONS:
         raise ConfigError(f"{where}: quantization is {config.get('quantization')!r}, expected "
                           f"one of {', '.join(QUANTIZATIONS)}")
+    smoothing = config.get("smoothing", False)
+    if not isinstance(smoothing, bool):
+        raise ConfigError(f"{where}: smoothing must be true or false, got {smoothing!r}")
+    if smoothing and config["quantization"] != "int8":
+        raise ConfigError(f"{where}: smoothing applies to int8 linears only; this bundle's "
+                          f"quantization is {config['quantization']!r}")
     exits = config.get("exits")
     if not isinstance(exits, list):
         raise ConfigError(f"{where}: exits must be a list")
@@ -126,6 +132,7 @@ def expected_tensors(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...],
     h, f = arch["hidden_size"], arch["intermediate_size"]
     c = len(config["labels"]) or 1
     int8 = config["quantization"] == "int8"
+    smoothing = bool(config.get("smoothing", False))
     out: dict[str, tuple[tuple[int, ...], str]] = {
         "embeddings.word": ((arch["vocab_size"], h), "F32"),
         "embeddings.position": ((arch["max_position_embeddings"], h), "F32"),
@@ -140,6 +147,8 @@ def expected_tensors(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...],
             out[prefix + ".weight"] = ((rows, cols), "I8" if int8 else "F32")
             if int8:
                 out[prefix + ".scale"] = ((rows,), "F32")
+            if smoothing:
+                out[prefix + ".smooth"] = ((cols,), "F32")
             out[prefix + ".bias"] = ((rows,), "F32")
         for norm in ("attn_norm", "ffn_norm"):
             out[f"layers.{layer}.{norm}.weight"] = ((h,), "F32")

@@ -145,6 +145,8 @@ class ReferenceModel:
                 raise ConfigError(f"{weights}: tensor '{name}' holds NaN or infinite values")
             if name.endswith(".scale") and not (array > 0).all():
                 raise ConfigError(f"{weights}: tensor '{name}' has scales <= 0")
+            if name.endswith(".smooth") and not (array > 0).all():
+                raise ConfigError(f"{weights}: tensor '{name}' has smoothing factors <= 0")
             if dtype == "I8" and (array == -128).any():
                 raise ConfigError(f"{weights}: tensor '{name}' holds -128 (codes are -127..127)")
             tensors[name] = array
@@ -157,6 +159,9 @@ class ReferenceModel:
         weight, bias = self.tensors[name + ".weight"], self.tensors[name + ".bias"]
         if not self.quantized:
             return _dense(x, weight, bias)
+        smooth = self.tensors.get(name + ".smooth")
+        if smooth is not None:
+            x = _f32(x * smooth)  # docs/bundle.md, "Smoothing": one f32 product per element
         return int8_linear(x, weight, self.tensors[name + ".scale"], bias,
                            self._col_sums[name + ".weight"])
 

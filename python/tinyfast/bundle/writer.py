@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +27,46 @@ from tinyfast.bundle.format import (
     BUNDLE_VERSION,
     BUNDLE_WEIGHTS,
 )
+from tinyfast.bundle.gptq import quantize_weights_gptq
 from tinyfast.bundle.quantize import quantize_weights
 from tinyfast.bundle.reference import ReferenceModel
+from tinyfast.bundle.smoothing import smoothing_factors
 from tinyfast.errors import ConfigError
 
-__all__ = ["add_linear", "architecture", "bert_tensors", "check_out_dir", "runtime_tokenizer",
-           "write_bundle", "write_masked_lm_arrays"]
+__all__ = ["InputStats", "add_linear", "architecture", "bert_tensors", "check_out_dir",
+           "runtime_tokenizer", "write_bundle", "write_masked_lm_arrays"]
+
+
+@dataclass(frozen=True)
+class InputStats:
+    """What calibration inputs showed of one linear's input: per-feature max |x| [in] and the
+    second moments ``sum_t x_t x_t^T`` [in, in] (float64), over ``tokens`` tokens."""
+
+    amax: np.ndarray
+    second_moments: np.ndarray
+    tokens: int
 
 DTYPES = ("int8", "f32")
 
 
 def add_linear(out: dict[str, np.ndarray], name: str, weight: np.ndarray, bias: np.ndarray,
-               quantize: bool) -> None:
+               quantize: bool, stats: InputStats | None = None) -> None:
     """An encoder-style linear under ``name``: int8 codes and scales (or the f32 weight), and
-    its bias."""
+    its bias. With calibration ``stats`` (int8 only), the input gets smoothing factors
+    (``name.smooth``) and the smoothed weight is rounded by GPTQ over the smoothed inputs."""
     weight = np.asarray(weight, dtype=np.float32)
-    if quantize:
+    if quantize and stats is not None:
+        try:
+            smooth = smoothing_factors(stats.amax, weight)
+            # x' = x * m and W' = W / m: x' x'^T = diag(m) (x x^T) diag(m).
+            m = smooth.astype(np.float64)
+            moments = stats.second_moments * m[:, None] * m[None, :]
+            out[name + ".weight"], out[name + ".scale"] = quantize_weights_gptq(
+                weight / smooth[None, :], moments)
+        except ValueError as exc:
+            raise ConfigError(f"cannot quantize {name}: {exc}") from None
+        out[name + ".smooth"] = smooth
+    elif quantize:
         try:
             out[name + ".weight"], out[name + ".scale"] = quantize_weights(weight)
         except ValueError as exc:
@@ -51,10 +76,15 @@ def add_linear(out: dict[str, np.ndarray], name: str, weight: np.ndarray, bias: 
     out[name + ".bias"] = np.asarray(bias, dtype=np.float32)
 
 
-def bert_tensors(sd: dict[str, np.ndarray], num_layers: int, quantize: bool
-                 ) -> dict[str, np.ndarray]:
+def bert_tensors(sd: dict[str, np.ndarray], num_layers: int, quantize: bool,
+                 calibration: dict[str, InputStats] | None = None) -> dict[str, np.ndarray]:
     """The embeddings and encoder layers of a BERT state dict (``bert.`` names, float32 arrays)
-    under the bundle's names."""
+    under the bundle's names. ``calibration`` (int8 only): the input statistics of every encoder
+    linear by bundle name (``layers.0.qkv``, ...), for smoothed, GPTQ-rounded linears."""
+    def stats(name: str) -> InputStats | None:
+        # A smoothed bundle smooths every encoder linear (docs/bundle.md): all or none.
+        return None if calibration is None else calibration[name]
+
     emb = "bert.embeddings."
     out = {
         "embeddings.word": sd[emb + "word_embeddings.weight"],
@@ -71,15 +101,16 @@ def bert_tensors(sd: dict[str, np.ndarray], num_layers: int, quantize: bool
         parts = ("query", "key", "value")
         add_linear(out, ours + "qkv",
                    np.concatenate([sd[attn + n + ".weight"] for n in parts], axis=0),
-                   np.concatenate([sd[attn + n + ".bias"] for n in parts], axis=0), quantize)
+                   np.concatenate([sd[attn + n + ".bias"] for n in parts], axis=0), quantize,
+                   stats(ours + "qkv"))
         add_linear(out, ours + "attn_out", sd[hf + "attention.output.dense.weight"],
-                   sd[hf + "attention.output.dense.bias"], quantize)
+                   sd[hf + "attention.output.dense.bias"], quantize, stats(ours + "attn_out"))
         out[ours + "attn_norm.weight"] = sd[hf + "attention.output.LayerNorm.weight"]
         out[ours + "attn_norm.bias"] = sd[hf + "attention.output.LayerNorm.bias"]
         add_linear(out, ours + "ffn_in", sd[hf + "intermediate.dense.weight"],
-                   sd[hf + "intermediate.dense.bias"], quantize)
+                   sd[hf + "intermediate.dense.bias"], quantize, stats(ours + "ffn_in"))
         add_linear(out, ours + "ffn_out", sd[hf + "output.dense.weight"],
-                   sd[hf + "output.dense.bias"], quantize)
+                   sd[hf + "output.dense.bias"], quantize, stats(ours + "ffn_out"))
         out[ours + "ffn_norm.weight"] = sd[hf + "output.LayerNorm.weight"]
         out[ours + "ffn_norm.bias"] = sd[hf + "output.LayerNorm.bias"]
     return out

@@ -36,6 +36,13 @@ def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-length", metavar="N", type=positive_int, default=None,
                    help="tokens per text or pair (default: the task's, from "
                         "tinyfast_task.json, else 128)")
+    p.add_argument("--calibration", metavar="FILE", default=None,
+                   help="unlabeled text (the task's TSV/JSONL, or plain text) to calibrate the "
+                        "int8 linears on: smoothing factors for their inputs and GPTQ-rounded "
+                        "weights, which keep int8 outputs and exit decisions closer to the float "
+                        "model's (default: none, plain rounding)")
+    p.add_argument("--calibration-rows", metavar="N", type=positive_int, default=None,
+                   help="rows of the calibration file to use, spread over it (default: 1024)")
     p.add_argument("--no-progress", action="store_true", help="do not print each stage")
     p.set_defaults(run=_run_export)
     return p
@@ -43,11 +50,13 @@ def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
 
 def _run_export(args: argparse.Namespace) -> int:
     out = export(args.model, args.out, dtype=args.dtype, branches_dir=args.branches,
-                 max_length=args.max_length, progress=not args.no_progress)
+                 max_length=args.max_length, progress=not args.no_progress,
+                 calibration=args.calibration, calibration_rows=args.calibration_rows)
     bundle = read_json_object(out / BUNDLE_CONFIG)
     summary = {
         "bundle": str(out),
         "quantization": bundle["quantization"],
+        "smoothing": bundle.get("smoothing", False),
         "task": bundle["task"],
         "labels": bundle["labels"],
         "max_length": bundle["max_length"],

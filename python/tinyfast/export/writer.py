@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from tinyfast._io import read_json_object, read_limited
 from tinyfast.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, HIDDEN_ACTS
+from tinyfast.bundle.gptq import DEFAULT_DAMP
 from tinyfast.bundle.quantize import quantize_weights
+from tinyfast.bundle.smoothing import DEFAULT_ALPHA
 from tinyfast.bundle.writer import (
     DTYPES,
+    InputStats,
     architecture,
     bert_tensors,
     check_out_dir,
@@ -162,12 +165,13 @@ def _load_model(path: Path, config: Any) -> Any:
 # Building the bundle
 
 
-def _encoder_tensors(model: Any, quantize: bool) -> dict[str, np.ndarray]:
+def _encoder_tensors(model: Any, quantize: bool, calibration: dict[str, InputStats] | None = None
+                     ) -> dict[str, np.ndarray]:
     """Every non-branch tensor of a classifier's bundle, named as docs/bundle.md names them."""
     import torch
 
     sd = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in model.state_dict().items()}
-    out = bert_tensors(sd, model.config.num_hidden_layers, quantize)
+    out = bert_tensors(sd, model.config.num_hidden_layers, quantize, calibration)
     out["head.pooler.weight"] = sd["bert.pooler.dense.weight"]
     out["head.pooler.bias"] = sd["bert.pooler.dense.bias"]
     out["head.classifier.weight"] = sd["classifier.weight"]
@@ -222,6 +226,8 @@ def export(
     branches_dir: str | os.PathLike[str] | None = None,
     max_length: int | None = None,
     progress: bool = False,
+    calibration: str | os.PathLike[str] | None = None,
+    calibration_rows: int | None = None,
 ) -> Path:
     """Write the runtime bundle of a BERT classifier checkpoint to ``out_dir``; return its path.
 
@@ -230,6 +236,12 @@ def export(
     checkpoint itself when it has them. ``max_length``: by default tinyfast_task.json's, or 128
     for a plain Hugging Face classifier (whose labels then come from config.json's id2label).
     ``progress`` prints each stage to stderr.
+
+    ``calibration`` (int8 only): unlabeled text in the task's format or plain text (as
+    ``selfdistill --unlabeled`` takes it). Up to ``calibration_rows`` rows of it (default 1024,
+    spread over the file) run through the model; every encoder linear then gets smoothing factors
+    for its input and GPTQ-rounded weights (``"smoothing": true`` in the bundle), which keeps the
+    int8 model's outputs, and so its exit decisions, closer to the float model's.
     """
     import torch
 
@@ -264,15 +276,34 @@ def export(
     if max_length > positions:
         raise ConfigError(f"max_length {max_length} exceeds the model's max_position_embeddings "
                           f"{positions}; pass --max-length {positions} or less")
+    if calibration is not None and dtype != "int8":
+        raise ConfigError("calibration applies to int8 bundles; an f32 bundle has nothing to "
+                          "calibrate")
+    if calibration is None and calibration_rows is not None:
+        raise ConfigError("calibration rows given without a calibration file")
+    if calibration is not None and task_length is None:
+        raise ConfigError(f"{path}: calibration reads text in the task's columns, which "
+                          "tinyfast_task.json names; this checkpoint has none (give it one, or "
+                          "export without calibration)")
     say = _stage_printer(progress)
     say(f"reading {path}")
     branches = _load_branches(path, branches_dir, config)
     tokenizer_text = _tokenizer_json(path, int(config.vocab_size))
     model = _load_model(path, config)
 
+    stats, calibration_record = None, None
+    if calibration is not None:
+        from tinyfast.data import TaskMeta
+        from tinyfast.export.calibration import DEFAULT_CALIBRATION_ROWS, calibration_stats
+        from tinyfast.models import load_tokenizer
+
+        say(f"calibrating on {calibration}")
+        stats, calibration_record = calibration_stats(
+            model, calibration, load_tokenizer(path), TaskMeta.load(path),
+            rows=DEFAULT_CALIBRATION_ROWS if calibration_rows is None else calibration_rows)
     say("quantizing the encoder's linears" if dtype == "int8" else "collecting f32 tensors")
     with torch.no_grad():
-        tensors = _encoder_tensors(model, quantize=dtype == "int8")
+        tensors = _encoder_tensors(model, quantize=dtype == "int8", calibration=stats)
         if branches is not None:
             tensors.update({k: v.detach().to(torch.float32).cpu().numpy() for k, v in
                             branches.state_dict().items()})
@@ -289,10 +320,16 @@ def export(
         "quantization": "int8" if dtype == "int8" else "none",
         "exits": exits,
     }
+    if stats is not None:
+        bundle["smoothing"] = True
     if any(e["kind"] == "fastbert" for e in exits):
         assert branches is not None
         bundle["branch"] = {"width": branches.width, "heads": branches.heads}
     bundle["source"] = {"model": str(path), "tinyfast_version": __version__}
+    if calibration_record is not None:
+        bundle["source"]["calibration"] = {
+            **calibration_record, "smoothing_alpha": DEFAULT_ALPHA, "weight_rounding": "gptq",
+            "gptq_damp": DEFAULT_DAMP}
 
     write_bundle(out, tensors, bundle, tokenizer_text, say)
     log.info("wrote %s (%s, %d exits)", out, bundle["quantization"], len(exits))

@@ -51,7 +51,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "prediction_lr": 5e-5, "temperature": 1.0, "batch_size": 32, "eval_every": 0},
     "selfdistill": {"enabled": True, "branch": "fastbert", "epochs": 3.0, "lr": 2e-4,
                     "batch_size": 32, "warmup": 0.1, "temperature": 1.0, "heldout": 0.05},
-    "export": {"enabled": True, "dtype": "int8"},
+    # calibration_rows: rows of the self-distillation text the int8 export calibrates on
+    # (smoothing factors and GPTQ rounding); 0: plain rounding. They change the int8 codes.
+    "export": {"enabled": True, "dtype": "int8", "calibration_rows": 1024},
     "evaluate": {"enabled": True, "speeds": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8],
                  "batch_size": 32},
     # tinyfast bench on the dev set: every contender in its own process, taking turns.
@@ -71,6 +73,8 @@ _CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("augment", "mode"): ("multi", "word"),  # tinyfast.augment.masked_lm.MODES (needs torch)
     ("augment", "backend"): ("int8", "torch"),
 }
+# Integer settings with a lower bound.
+_MINIMUM: dict[tuple[str, str], int] = {("export", "calibration_rows"): 0}
 # List settings whose items are names from a fixed set (other lists hold numbers).
 _NAME_LISTS: dict[tuple[str, str], tuple[str, ...]] = {("bench", "contenders"): FAMILIES}
 
@@ -141,6 +145,9 @@ def _checked(source: str, stage: str, key: str, value: Any) -> Any:
     if isinstance(default, int):
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected an integer, got {json.dumps(value)}")
+        least = _MINIMUM.get((stage, key))
+        if least is not None and value < least:
+            raise ConfigError(f"{where}: expected an integer >= {least}, got {value}")
         return value
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string, got {json.dumps(value)}")

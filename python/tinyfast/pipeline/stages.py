@@ -278,20 +278,38 @@ def _export_decide(ctx: Context) -> Decision:
     return _by_recipe(ctx, "export")
 
 
+def _calibration(ctx: Context) -> Path | None:
+    """The text the int8 export calibrates on (self-distillation's), or None for plain
+    rounding."""
+    s = ctx.recipe["export"]
+    return _unlabeled(ctx) if s["dtype"] == "int8" and s["calibration_rows"] > 0 else None
+
+
 def _export_inputs(ctx: Context) -> dict[str, str]:
     upstream = ctx.upstream("finetune", "task", "selfdistill")
-    return upstream or {"model": digest_path(_model_to_export(ctx))}
+    inputs = upstream or {"model": digest_path(_model_to_export(ctx))}
+    calibration = _calibration(ctx)
+    if calibration is not None:
+        if ctx.unlabeled is None and "augment" in ctx.artifacts:
+            inputs |= ctx.upstream("augment")
+        else:
+            inputs["calibration"] = digest_path(calibration)
+    return inputs
 
 
 def _export_run(ctx: Context, out: Path, resume: bool) -> StageResult:
     from tinyfast.export import export
 
     out.mkdir(parents=True, exist_ok=True)
+    calibration = _calibration(ctx)
     bundle = export(_model_to_export(ctx), out / "bundle", dtype=ctx.recipe["export"]["dtype"],
-                    progress=ctx.progress)
+                    progress=ctx.progress, calibration=calibration,
+                    calibration_rows=ctx.recipe["export"]["calibration_rows"] if calibration
+                    else None)
     meta = json.loads((bundle / "tinyfast.json").read_text(encoding="utf-8"))
     size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
     return StageResult(bundle, {"bundle_bytes": size, "quantization": meta.get("quantization"),
+                                "smoothing": meta.get("smoothing", False),
                                 "exits": meta.get("exits", [])})
 
 

@@ -124,6 +124,9 @@ fn for_each_expected(config: &BundleConfig, f: &mut dyn FnMut(Spec) -> Result<()
             if int8 {
                 t(format!("{p}.weight"), &[n, k], Dtype::I8)?;
                 t(format!("{p}.scale"), &[n], Dtype::F32)?;
+                if config.smoothing {
+                    t(format!("{p}.smooth"), &[k], Dtype::F32)?;
+                }
             } else {
                 t(format!("{p}.weight"), &[n, k], Dtype::F32)?;
             }
@@ -373,10 +376,23 @@ impl Store<'_> {
         n: usize,
         k: usize,
         q: Quantization,
+        smoothing: bool,
     ) -> Result<Linear> {
         if q == Quantization::None {
             return Ok(Linear::F32(self.f32_linear(prefix, n, k)?));
         }
+        let smooth = if smoothing {
+            let name = format!("{prefix}.smooth");
+            let v = self.f32(&name)?;
+            if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| x.is_nan() || **x <= 0.0) {
+                return Err(self.err(format!(
+                    "tensor `{name}`: element [{i}] is {x}; smoothing factors must be > 0"
+                )));
+            }
+            Some(v)
+        } else {
+            None
+        };
         let w = self.i8(&format!("{prefix}.weight"))?;
         let scales = self.f32(&format!("{prefix}.scale"))?;
         let bias = self.f32(&format!("{prefix}.bias"))?;
@@ -391,8 +407,9 @@ impl Store<'_> {
             other => self.err(format!("`{prefix}`: {other}")),
         })?;
         let packed = PackedWeights::new(&m).map_err(|e| self.err(format!("`{prefix}`: {e}")))?;
-        let lin =
-            Int8Linear::new(packed, bias).map_err(|m| self.err(format!("`{prefix}`: {m}")))?;
+        let lin = Int8Linear::new(packed, bias)
+            .and_then(|l| l.with_smoothing(smooth))
+            .map_err(|m| self.err(format!("`{prefix}`: {m}")))?;
         Ok(Linear::Int8(lin))
     }
 }
@@ -400,7 +417,7 @@ impl Store<'_> {
 fn build(config: &BundleConfig, s: &mut Store) -> Result<ModelWeights> {
     let a = &config.architecture;
     let (h, ff, c) = (a.hidden_size, a.intermediate_size, config.num_outputs());
-    let q = config.quantization;
+    let (q, sm) = (config.quantization, config.smoothing);
     let fastbert = config.exits.iter().any(|e| e.kind == ExitKind::FastBert);
     let branch = config.branch.filter(|_| fastbert);
     let dims = Dims {
@@ -428,11 +445,11 @@ fn build(config: &BundleConfig, s: &mut Store) -> Result<ModelWeights> {
     for l in 0..a.num_layers {
         let p = format!("layers.{l}");
         layers.push(EncoderLayer {
-            qkv: s.encoder_linear(&format!("{p}.qkv"), 3 * h, h, q)?,
-            attn_out: s.encoder_linear(&format!("{p}.attn_out"), h, h, q)?,
+            qkv: s.encoder_linear(&format!("{p}.qkv"), 3 * h, h, q, sm)?,
+            attn_out: s.encoder_linear(&format!("{p}.attn_out"), h, h, q, sm)?,
             attn_norm: s.norm(&format!("{p}.attn_norm"))?,
-            ffn_in: s.encoder_linear(&format!("{p}.ffn_in"), ff, h, q)?,
-            ffn_out: s.encoder_linear(&format!("{p}.ffn_out"), h, ff, q)?,
+            ffn_in: s.encoder_linear(&format!("{p}.ffn_in"), ff, h, q, sm)?,
+            ffn_out: s.encoder_linear(&format!("{p}.ffn_out"), h, ff, q, sm)?,
             ffn_norm: s.norm(&format!("{p}.ffn_norm"))?,
         });
     }
@@ -440,7 +457,7 @@ fn build(config: &BundleConfig, s: &mut Store) -> Result<ModelWeights> {
         Head::MaskedLm(Box::new(MaskedLmHead {
             transform: s.f32_linear("head.transform", h, h)?,
             norm: s.norm("head.norm")?,
-            decoder: s.encoder_linear("head.decoder", a.vocab_size, h, q)?,
+            decoder: s.encoder_linear("head.decoder", a.vocab_size, h, q, false)?,
         }))
     } else {
         Head::Classifier(ClassifierHead {

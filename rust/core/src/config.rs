@@ -105,6 +105,9 @@ pub struct BundleConfig {
     /// Tokens per text or pair, including special tokens; `<= max_position_embeddings`.
     pub max_length: usize,
     pub quantization: Quantization,
+    /// `smoothing` (int8 only, default false): every encoder linear has a `.smooth` tensor, one
+    /// factor per input feature that its input is multiplied by before it is quantized.
+    pub smoothing: bool,
     /// Strictly increasing by layer.
     pub exits: Vec<ExitSpec>,
     /// Present whenever an exit is `fastbert`.
@@ -186,6 +189,22 @@ impl BundleConfig {
                 ))
             }
         };
+        let smoothing = match top.take("smoothing") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(top.err(
+                    "smoothing",
+                    format!("expected true or false, got {}", describe(other)),
+                ))
+            }
+        };
+        if smoothing && quantization != Quantization::Int8 {
+            return Err(top.err(
+                "smoothing",
+                "applies to int8 linears only; this bundle's quantization is \"none\"".to_string(),
+            ));
+        }
         let exits = parse_exits(&mut top, architecture.num_layers)?;
         if task == Task::MaskedLm && !exits.is_empty() {
             return Err(top.err(
@@ -208,6 +227,7 @@ impl BundleConfig {
             labels,
             max_length,
             quantization,
+            smoothing,
             exits,
             branch,
             source,
@@ -648,6 +668,14 @@ mod tests {
                 Box::new(|v| v["quantization"] = "int4".into()),
                 "quantization",
             ),
+            (Box::new(|v| v["smoothing"] = "yes".into()), "smoothing"),
+            (
+                Box::new(|v| {
+                    v["smoothing"] = true.into();
+                    v["quantization"] = "none".into();
+                }),
+                "smoothing",
+            ),
         ];
         for (edit, want) in cases {
             let mut v = base();
@@ -671,6 +699,10 @@ mod tests {
         m.remove("source");
         let c = parse(&v).unwrap();
         assert!(c.exits.is_empty() && c.branch.is_none() && c.source.is_none());
+        assert!(!c.smoothing);
+        let mut v = base();
+        v["smoothing"] = true.into();
+        assert!(parse(&v).unwrap().smoothing);
         let mut v = base();
         v["task"] = "regression".into();
         v["labels"] = serde_json::json!([]);

@@ -543,7 +543,7 @@ fn check_args(speed: f32, batch_size: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{write_safetensors, Data, Model, Spec};
+    use crate::testing::{write_safetensors, Data, Model, Spec, Tensor};
 
     fn texts() -> Vec<Input<'static>> {
         [
@@ -643,6 +643,66 @@ mod tests {
             .to_string();
         assert!(
             err.contains("tensor `layers.1.ffn_in.weight`: element [0, 7] is -128"),
+            "{err}"
+        );
+    }
+
+    /// A smoothed bundle: the encoder linears' `.smooth` tensors, declared by `"smoothing":
+    /// true`. Factors of 1 give the plain bundle's bits; bad or missing factors are load errors
+    /// naming the tensor.
+    #[test]
+    fn smoothing_factors_load_and_are_checked() {
+        let model = Model::new(Spec::default());
+        let dir = model.write(true);
+        let inputs = texts();
+        let want = load(dir.path(), KernelKind::Portable)
+            .unwrap()
+            .predict(&inputs, 0.5, 2)
+            .unwrap();
+        let mut config = model.config(true);
+        config["smoothing"] = true.into();
+        std::fs::write(dir.path().join("tinyfast.json"), config.to_string()).unwrap();
+        let err = load(dir.path(), KernelKind::Portable)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("layers.0.qkv.smooth"), "{err}");
+        let mut tensors = model.tensors(true);
+        for l in 0..model.spec.layers {
+            let (h, f) = (model.spec.hidden, model.spec.intermediate);
+            for (name, k) in [("qkv", h), ("attn_out", h), ("ffn_in", h), ("ffn_out", f)] {
+                tensors.push(Tensor {
+                    name: format!("layers.{l}.{name}.smooth"),
+                    shape: vec![k],
+                    data: Data::F32(vec![1.0; k]),
+                });
+            }
+        }
+        write_safetensors(&dir.path().join("model.safetensors"), &tensors);
+        for isa in Isa::available() {
+            let got = load(dir.path(), isa.kind())
+                .unwrap()
+                .predict(&inputs, 0.5, 2)
+                .unwrap();
+            let portable = load(dir.path(), KernelKind::Portable).unwrap();
+            assert_eq!(got, portable.predict(&inputs, 0.5, 2).unwrap(), "{isa}");
+        }
+        let got = load(dir.path(), KernelKind::Portable).unwrap();
+        assert_eq!(got.predict(&inputs, 0.5, 2).unwrap(), want);
+        let t = tensors
+            .iter_mut()
+            .find(|t| t.name == "layers.2.ffn_out.smooth")
+            .unwrap();
+        t.data = Data::F32(
+            (0..model.spec.intermediate)
+                .map(|j| if j == 5 { 0.0 } else { 1.0 })
+                .collect(),
+        );
+        write_safetensors(&dir.path().join("model.safetensors"), &tensors);
+        let err = load(dir.path(), KernelKind::Portable)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tensor `layers.2.ffn_out.smooth`: element [5] is 0"),
             "{err}"
         );
     }

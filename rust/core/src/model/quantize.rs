@@ -31,32 +31,64 @@ pub fn quantize_rows(
     scales: &mut [f32],
     zero_points: &mut [u8],
 ) -> Result<(), QuantError> {
-    match isa.kind() {
-        // SAFETY: `isa` proves the CPU has the level's features, AVX-512F among them.
-        #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx512Vnni => unsafe {
-            quantize_rows_avx512(x, rows, k, q, scales, zero_points)
-        },
-        // SAFETY: `isa` proves the CPU has AVX2.
-        #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx2 => unsafe { quantize_rows_avx2(x, rows, k, q, scales, zero_points) },
-        _ => quantize_rows_portable(x, rows, k, q, scales, zero_points),
-    }
+    quantize_rows_smoothed(isa, x, None, rows, k, q, scales, zero_points)
 }
 
-/// [`quantize_rows`] in portable code.
-pub fn quantize_rows_portable(
+/// [`quantize_rows`] of `x` multiplied feature-wise by `smooth` (`[k]`) when given: each value is
+/// `x[t, j] * smooth[j]` (one f32 product, docs/bundle.md "Smoothing"), computed as it is read,
+/// so smoothing costs no pass or buffer of its own. A non-finite product is an error like a
+/// non-finite input.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_rows_smoothed(
+    isa: Isa,
     x: &[f32],
+    smooth: Option<&[f32]>,
     rows: usize,
     k: usize,
     q: &mut [u8],
     scales: &mut [f32],
     zero_points: &mut [u8],
 ) -> Result<(), QuantError> {
-    quantize_each_row(x, rows, k, q, scales, zero_points, quantize_row)
+    if let Some(m) = smooth {
+        check_len("smoothing factors", k, m.len())?;
+    }
+    match isa.kind() {
+        // SAFETY: `isa` proves the CPU has the level's features, AVX-512F among them.
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx512Vnni => unsafe {
+            quantize_rows_avx512(x, smooth, rows, k, q, scales, zero_points)
+        },
+        // SAFETY: `isa` proves the CPU has AVX2.
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx2 => unsafe {
+            quantize_rows_avx2(x, smooth, rows, k, q, scales, zero_points)
+        },
+        _ => quantize_rows_portable(x, smooth, rows, k, q, scales, zero_points),
+    }
 }
 
-/// [`quantize_rows`] in the portable source compiled for AVX2 (it vectorizes to eight lanes).
+/// [`quantize_rows_smoothed`] in portable code.
+pub fn quantize_rows_portable(
+    x: &[f32],
+    smooth: Option<&[f32]>,
+    rows: usize,
+    k: usize,
+    q: &mut [u8],
+    scales: &mut [f32],
+    zero_points: &mut [u8],
+) -> Result<(), QuantError> {
+    match smooth {
+        None => quantize_each_row(x, rows, k, q, scales, zero_points, |x, q| {
+            quantize_row::<false>(x, x, q)
+        }),
+        Some(m) => quantize_each_row(x, rows, k, q, scales, zero_points, |x, q| {
+            quantize_row::<true>(x, m, q)
+        }),
+    }
+}
+
+/// [`quantize_rows_smoothed`] in the portable source compiled for AVX2 (it vectorizes to eight
+/// lanes).
 ///
 /// # Safety
 /// The CPU must support AVX2.
@@ -64,16 +96,24 @@ pub fn quantize_rows_portable(
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize_rows_avx2(
     x: &[f32],
+    smooth: Option<&[f32]>,
     rows: usize,
     k: usize,
     q: &mut [u8],
     scales: &mut [f32],
     zero_points: &mut [u8],
 ) -> Result<(), QuantError> {
-    quantize_each_row(x, rows, k, q, scales, zero_points, quantize_row)
+    match smooth {
+        None => quantize_each_row(x, rows, k, q, scales, zero_points, |x, q| {
+            quantize_row::<false>(x, x, q)
+        }),
+        Some(m) => quantize_each_row(x, rows, k, q, scales, zero_points, |x, q| {
+            quantize_row::<true>(x, m, q)
+        }),
+    }
 }
 
-/// [`quantize_rows`] sixteen values at a time.
+/// [`quantize_rows_smoothed`] sixteen values at a time.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
@@ -81,16 +121,22 @@ pub unsafe fn quantize_rows_avx2(
 #[target_feature(enable = "avx512f")]
 pub unsafe fn quantize_rows_avx512(
     x: &[f32],
+    smooth: Option<&[f32]>,
     rows: usize,
     k: usize,
     q: &mut [u8],
     scales: &mut [f32],
     zero_points: &mut [u8],
 ) -> Result<(), QuantError> {
-    // SAFETY: AVX-512F is enabled.
-    quantize_each_row(x, rows, k, q, scales, zero_points, |x, q| unsafe {
-        quantize_row_avx512(x, q)
-    })
+    // SAFETY (both closures): AVX-512F is enabled.
+    match smooth {
+        None => quantize_each_row(x, rows, k, q, scales, zero_points, |x, q| unsafe {
+            quantize_row_avx512::<false>(x, x, q)
+        }),
+        Some(m) => quantize_each_row(x, rows, k, q, scales, zero_points, |x, q| unsafe {
+            quantize_row_avx512::<true>(x, m, q)
+        }),
+    }
 }
 
 /// Checks the shapes, then quantizes row by row with `row` (which returns `(scale, zero_point)`
@@ -124,22 +170,31 @@ fn quantize_each_row(
     Ok(())
 }
 
-/// One row: returns `(scale, zero_point)`, or the column of the first non-finite value.
+/// One row: returns `(scale, zero_point)`, or the column of the first non-finite value. With
+/// `SMOOTH`, the row's values are `x[j] * m[j]` (`m` as long as `x`); without, `m` is unused.
 #[inline(always)]
-fn quantize_row(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usize> {
+fn quantize_row<const SMOOTH: bool>(
+    x: &[f32],
+    m: &[f32],
+    q: &mut [u8],
+) -> Result<(f32, u8), usize> {
+    let m = &m[..x.len()];
+    let value = |v: f32, f: f32| if SMOOTH { v * f } else { v };
     let mut lo = [0f32; LANES];
     let mut hi = [0f32; LANES];
     // `v * 0` is 0 for finite values and NaN for infinities and NaN.
     let mut bad = [0f32; LANES];
     let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
-    for c in chunks {
+    let rest_m = &m[x.len() - rest.len()..];
+    for (c, f) in chunks.zip(m.chunks_exact(LANES)) {
         for l in 0..LANES {
+            let v = value(c[l], f[l]);
             // Plain comparisons (a single vector min/max); NaN is caught by `bad`, and a -0.0
             // against 0.0 choice cannot change any output.
-            lo[l] = if c[l] < lo[l] { c[l] } else { lo[l] };
-            hi[l] = if c[l] > hi[l] { c[l] } else { hi[l] };
-            bad[l] += c[l] * 0.0;
+            lo[l] = if v < lo[l] { v } else { lo[l] };
+            hi[l] = if v > hi[l] { v } else { hi[l] };
+            bad[l] += v * 0.0;
         }
     }
     let (mut lo, mut hi, mut bad) = (
@@ -147,20 +202,21 @@ fn quantize_row(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usize> {
         hi.iter().fold(0f32, |m, &v| m.max(v)),
         bad.iter().sum::<f32>(),
     );
-    for &v in rest {
+    for (&v, &f) in rest.iter().zip(rest_m) {
+        let v = value(v, f);
         lo = lo.min(v);
         hi = hi.max(v);
         bad += v * 0.0;
     }
     if bad.is_nan() {
-        return Err(x.iter().position(|v| !v.is_finite()).unwrap_or(0));
+        return Err(first_non_finite::<SMOOTH>(x, m));
     }
     let Some((scale, zp)) = activation_params(lo, hi) else {
         q.fill(0);
         return Ok((1.0, 0));
     };
-    for (qi, &v) in q.iter_mut().zip(x) {
-        let y = v / scale;
+    for ((qi, &v), &f) in q.iter_mut().zip(x).zip(m) {
+        let y = value(v, f) / scale;
         let t = y.trunc();
         let r = if (y - t).abs() >= 0.5 {
             t + 1f32.copysign(y)
@@ -176,6 +232,14 @@ fn quantize_row(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usize> {
     Ok((scale, zp as u8))
 }
 
+/// The column of the first value that is not finite (after smoothing, with `SMOOTH`).
+fn first_non_finite<const SMOOTH: bool>(x: &[f32], m: &[f32]) -> usize {
+    x.iter()
+        .zip(m)
+        .position(|(&v, &f)| !(if SMOOTH { v * f } else { v }).is_finite())
+        .unwrap_or(0)
+}
+
 /// [`quantize_row`] sixteen values at a time, with the same operations (the same bits); the
 /// last partial vector is loaded and stored under a mask.
 ///
@@ -184,20 +248,33 @@ fn quantize_row(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usize> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usize> {
+unsafe fn quantize_row_avx512<const SMOOTH: bool>(
+    x: &[f32],
+    m: &[f32],
+    q: &mut [u8],
+) -> Result<(f32, u8), usize> {
     use std::arch::x86_64::*;
     const L: usize = 16;
     let n = x.len();
     assert_eq!(q.len(), n);
+    assert!(m.len() >= n);
     let body = n / L * L;
     let tail: __mmask16 = ((1u32 << (n - body)) - 1) as u16;
-    let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
-    // SAFETY (every block): full vectors cover `0..body`, the masked one `body..n`.
-    let load = |i: usize| unsafe {
+    let (xp, mp, qp) = (x.as_ptr(), m.as_ptr(), q.as_mut_ptr());
+    // SAFETY (every block): full vectors cover `0..body`, the masked one `body..n`, of `x` and
+    // of `m` (at least as long).
+    let read = |p: *const f32, i: usize| unsafe {
         if i < body {
-            _mm512_loadu_ps(xp.add(i))
+            _mm512_loadu_ps(p.add(i))
         } else {
-            _mm512_maskz_loadu_ps(tail, xp.add(i))
+            _mm512_maskz_loadu_ps(tail, p.add(i))
+        }
+    };
+    let load = |i: usize| {
+        if SMOOTH {
+            _mm512_mul_ps(read(xp, i), read(mp, i))
+        } else {
+            read(xp, i)
         }
     };
     let zero = _mm512_setzero_ps();
@@ -211,7 +288,7 @@ unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8]) -> Result<(f32, u8), usiz
         bad = _mm512_add_ps(bad, _mm512_mul_ps(v, zero));
     }
     if _mm512_reduce_add_ps(bad).is_nan() {
-        return Err(x.iter().position(|v| !v.is_finite()).unwrap_or(0));
+        return Err(first_non_finite::<SMOOTH>(x, m));
     }
     let Some((scale, zp)) = activation_params(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi))
     else {
@@ -310,6 +387,60 @@ mod tests {
         both(&[127.5, -127.5, 0.5, -0.5, 1.5, 2.5, -2.5, 254.99998], 1, 8);
         let halves: Vec<f32> = (0..255).map(|i| i as f32 + 0.5).collect();
         both(&halves, 1, 255);
+    }
+
+    /// With smoothing factors, every kernel quantizes exactly the products `x * m` as the
+    /// reference quantizes them, and a product that overflows is an error at its column.
+    #[test]
+    fn smoothed_rows_are_the_reference_on_the_products() {
+        let mut rng = SplitMix64::new(8);
+        for &(rows, k) in &[
+            (1, 1),
+            (3, 7),
+            (2, 16),
+            (3, 17),
+            (5, 312),
+            (2, 1200),
+            (4, 33),
+        ] {
+            let x: Vec<f32> = (0..rows * k).map(|_| rng.normal() * 4.0).collect();
+            let m: Vec<f32> = (0..k).map(|_| rng.normal().abs() + 0.01).collect();
+            let product: Vec<f32> = x.iter().enumerate().map(|(i, v)| v * m[i % k]).collect();
+            for isa in Isa::available() {
+                let (mut q1, mut s1, mut z1) =
+                    (vec![7u8; rows * k], vec![0f32; rows], vec![9u8; rows]);
+                let (mut q2, mut s2, mut z2) = (q1.clone(), s1.clone(), z1.clone());
+                quantize_rows_smoothed(isa, &x, Some(&m), rows, k, &mut q1, &mut s1, &mut z1)
+                    .unwrap();
+                crate::quant::quantize_activations_into(
+                    &product, rows, k, &mut q2, &mut s2, &mut z2,
+                )
+                .unwrap();
+                assert_eq!(q1, q2, "{isa} {rows}x{k}");
+                assert_eq!(
+                    s1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    s2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                );
+                assert_eq!(z1, z2);
+            }
+        }
+        let x = vec![1.0f32, 2.0, 3e38, 1.0, 0.5];
+        let m = vec![1.0f32, 1.0, 10.0, f32::NAN, 1.0];
+        for isa in Isa::available() {
+            let (mut q, mut s, mut z) = (vec![0u8; 5], vec![0f32; 1], vec![0u8; 1]);
+            let e = quantize_rows_smoothed(isa, &x, Some(&m), 1, 5, &mut q, &mut s, &mut z)
+                .unwrap_err();
+            assert!(
+                matches!(e, QuantError::NonFinite { row: 0, col: 2, .. }),
+                "{isa}: {e:?}"
+            );
+            let e = quantize_rows_smoothed(isa, &x, Some(&m[..4]), 1, 5, &mut q, &mut s, &mut z)
+                .unwrap_err();
+            assert!(
+                matches!(e, QuantError::ShapeMismatch { .. }),
+                "{isa}: {e:?}"
+            );
+        }
     }
 
     /// Values whose quotient by the row's scale lies on or within a few ulps of a half-integer,
