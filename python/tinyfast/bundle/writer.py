@@ -46,6 +46,7 @@ class InputStats:
     second_moments: np.ndarray
     tokens: int
 
+
 DTYPES = ("int8", "f32")
 
 

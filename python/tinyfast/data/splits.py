@@ -60,6 +60,11 @@ def load_labeled(
 def load_unlabeled(tokenizer, path: str | Path, meta: TaskMeta) -> Split:
     """Text for distillation, which needs no labels: a task file (TSV/JSONL with the task's
     columns; a label column, if present, is ignored) or a plain-text corpus."""
+    return encode_split(tokenizer, read_unlabeled(path, meta), meta, with_labels=False)
+
+
+def read_unlabeled(path: str | Path, meta: TaskMeta) -> list[Example]:
+    """The rows of :func:`load_unlabeled`'s file, untokenized."""
     path = Path(path)
     if path.suffix.lower() == ".txt":
         if meta.columns.text_b is not None:
@@ -70,7 +75,7 @@ def load_unlabeled(tokenizer, path: str | Path, meta: TaskMeta) -> Split:
     else:
         unlabeled = Columns(text_a=meta.columns.text_a, text_b=meta.columns.text_b, label=None)
         examples = read_examples(path, unlabeled, meta.task)
-    return encode_split(tokenizer, examples, meta, with_labels=False)
+    return examples
 
 
 def corpus_examples(path: str | Path) -> list[Example]:

@@ -49,16 +49,17 @@ def calibration_stats(model: Any, path: str | os.PathLike[str], tokenizer: Any, 
     """Statistics of every encoder linear's input over up to ``rows`` rows of ``path`` (read as
     ``tinyfast selfdistill --unlabeled`` reads it), and a record of what was used."""
     from tinyfast.data.batching import predict_batched
-    from tinyfast.data.splits import load_unlabeled
+    from tinyfast.data.splits import encode_split, read_unlabeled
 
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
         raise ConfigError(f"calibration rows must be an integer >= 1, got {rows!r}")
-    split = load_unlabeled(tokenizer, path, meta)
-    if len(split) == 0:
+    examples = read_unlabeled(path, meta)
+    if not examples:
         raise ConfigError(f"{path}: no calibration rows")
-    chosen = _spread(len(split), rows)
-    dataset = [split.dataset[i] for i in chosen]
-    lengths = [split.lengths[i] for i in chosen]
+    chosen = _spread(len(examples), rows)  # only these are tokenized
+    split = encode_split(tokenizer, [examples[i] for i in chosen], meta, with_labels=False)
+    dataset = [split.dataset[i] for i in range(len(split))]
+    lengths = list(split.lengths)
     sites = linear_inputs(model)
     acc: dict[str, list[Any]] = {name: [None, None, 0] for name in sites}
     current: dict[str, torch.Tensor] = {}
