@@ -16,7 +16,7 @@ import torch
 from tinyfast.bundle.writer import InputStats
 from tinyfast.errors import ConfigError
 
-__all__ = ["DEFAULT_CALIBRATION_ROWS", "calibration_stats", "linear_inputs"]
+__all__ = ["DEFAULT_CALIBRATION_ROWS", "calibration_stats", "linear_inputs", "spread_rows"]
 
 # Enough tokens (about 20k for SST-2's sentences) for every feature's range and second moments;
 # more rows change the codes little and cost export time.
@@ -35,7 +35,7 @@ def linear_inputs(model: Any) -> dict[str, torch.nn.Module]:
     return sites
 
 
-def _spread(n: int, limit: int) -> list[int]:
+def spread_rows(n: int, limit: int) -> list[int]:
     """At most ``limit`` row indices spread evenly over ``0..n`` (all of them when n <= limit)."""
     if n <= limit:
         return list(range(n))
@@ -56,7 +56,7 @@ def calibration_stats(model: Any, path: str | os.PathLike[str], tokenizer: Any, 
     examples = read_unlabeled(path, meta)
     if not examples:
         raise ConfigError(f"{path}: no calibration rows")
-    chosen = _spread(len(examples), rows)  # only these are tokenized
+    chosen = spread_rows(len(examples), rows)  # only these are tokenized
     split = encode_split(tokenizer, [examples[i] for i in chosen], meta, with_labels=False)
     dataset = [split.dataset[i] for i in range(len(split))]
     lengths = list(split.lengths)
