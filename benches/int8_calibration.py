@@ -12,7 +12,8 @@ text (``--text``, e.g. the task's training file):
 3. per speed, the rows where the bundle's exit layer, or its label, differs from the PyTorch
    early-exit model's, and their totals over the speeds. JSON out.
 
-    python benches/int8_calibration.py --model ../bench-runs/early-exit/sst2-teacher/selfdistill/model \\
+    python benches/int8_calibration.py \\
+        --model ../bench-runs/early-exit/sst2-teacher/selfdistill/model \\
         --text ../shared/data/sst2/train.tsv --work ../bench-runs/int8-calibration/sst2-teacher \\
         --out benches/results/int8_calibration_sst2_teacher.json
 """
