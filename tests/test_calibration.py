@@ -17,7 +17,7 @@ from tinyfast.bundle import ReferenceModel, quantize_weights, read_bundle_config
 from tinyfast.bundle.gptq import quantize_weights_gptq
 from tinyfast.bundle.quantize import int8_linear
 from tinyfast.bundle.smoothing import smoothing_factors
-from tinyfast.errors import ConfigError
+from tinyfast.errors import ConfigError, DataError
 
 torch = pytest.importorskip("torch")
 
@@ -270,6 +270,23 @@ def test_calibration_flags_are_checked(calibrated: dict[str, Any], tmp_path: Pat
         export(checkpoint, tmp_path / "c", calibration=text, calibration_rows=0)
     empty = tmp_path / "empty.tsv"
     empty.write_text("sentence\n", encoding="utf-8")
-    with pytest.raises(Exception, match="empty.tsv"):
+    with pytest.raises(DataError, match="empty.tsv: no data rows"):
         export(checkpoint, tmp_path / "d", calibration=empty)
-    assert not (tmp_path / "d").exists()
+    with pytest.raises(ConfigError, match="missing.tsv: no such file"):
+        export(checkpoint, tmp_path / "e", calibration=tmp_path / "missing.tsv")
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+
+
+def test_a_plain_hugging_face_classifier_calibrates_on_sentences_or_text(
+        calibrated: dict[str, Any], tmp_path: Path) -> None:
+    """No tinyfast_task.json: the calibration text is a ``sentence`` column or plain text."""
+    from test_export import save_plain
+
+    path = save_plain(calibrated["model"], tmp_path / "plain-hf")
+    bundle = export(path, tmp_path / "bundle", calibration=calibrated["text"],
+                    calibration_rows=50)
+    assert read_bundle_config(bundle / "tinyfast.json")["source"]["calibration"]["rows"] == 50
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("w1 w2 w3\nw4 w5\n", encoding="utf-8")
+    bundle = export(path, tmp_path / "bundle-txt", calibration=corpus)
+    assert read_bundle_config(bundle / "tinyfast.json")["source"]["calibration"]["rows"] == 2

@@ -37,7 +37,8 @@ def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="tokens per text or pair (default: the task's, from "
                         "tinyfast_task.json, else 128)")
     p.add_argument("--calibration", metavar="FILE", default=None,
-                   help="unlabeled text (the task's TSV/JSONL, or plain text) to calibrate the "
+                   help="unlabeled text (the task's TSV/JSONL, or plain text; a checkpoint without "
+                        "tinyfast_task.json reads a 'sentence' column) to calibrate the "
                         "int8 linears on: smoothing factors for their inputs and GPTQ-rounded "
                         "weights, which keep int8 outputs and exit decisions closer to the float "
                         "model's (default: none, plain rounding)")

@@ -281,10 +281,10 @@ def export(
                           "calibrate")
     if calibration is None and calibration_rows is not None:
         raise ConfigError("calibration rows given without a calibration file")
-    if calibration is not None and task_length is None:
-        raise ConfigError(f"{path}: calibration reads text in the task's columns, which "
-                          "tinyfast_task.json names; this checkpoint has none (give it one, or "
-                          "export without calibration)")
+    if calibration is not None:
+        calibration = Path(calibration).expanduser()
+        if not calibration.is_file():
+            raise ConfigError(f"{calibration}: no such file (the calibration text)")
     say = _stage_printer(progress)
     say(f"reading {path}")
     branches = _load_branches(path, branches_dir, config)
@@ -293,13 +293,17 @@ def export(
 
     stats, calibration_record = None, None
     if calibration is not None:
-        from tinyfast.data import TaskMeta
+        from tinyfast.data import Columns, TaskMeta
         from tinyfast.export.calibration import DEFAULT_CALIBRATION_ROWS, calibration_stats
         from tinyfast.models import load_tokenizer
 
+        # A plain Hugging Face classifier names no columns: its text is a "sentence" column
+        # (or a .txt file), tokenized to the bundle's max_length.
+        meta = TaskMeta.load(path) if task_length is not None else TaskMeta(
+            task=task, labels=labels, columns=Columns(label=None), max_length=max_length)
         say(f"calibrating on {calibration}")
         stats, calibration_record = calibration_stats(
-            model, calibration, load_tokenizer(path), TaskMeta.load(path),
+            model, calibration, load_tokenizer(path), meta,
             rows=DEFAULT_CALIBRATION_ROWS if calibration_rows is None else calibration_rows)
     say("quantizing the encoder's linears" if dtype == "int8" else "collecting f32 tensors")
     with torch.no_grad():
