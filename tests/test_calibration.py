@@ -6,6 +6,7 @@ against the numpy reference on a smoothed bundle."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -274,7 +275,11 @@ def test_calibration_flags_are_checked(calibrated: dict[str, Any], tmp_path: Pat
         export(checkpoint, tmp_path / "d", calibration=empty)
     with pytest.raises(ConfigError, match="missing.tsv: no such file"):
         export(checkpoint, tmp_path / "e", calibration=tmp_path / "missing.tsv")
-    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+    fifo = tmp_path / "fifo.tsv"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="fifo.tsv: not a regular file"):
+        export(checkpoint, tmp_path / "f", calibration=fifo)
+    assert not any((tmp_path / d).exists() for d in ("d", "e", "f"))
 
 
 def test_a_plain_hugging_face_classifier_calibrates_on_sentences_or_text(

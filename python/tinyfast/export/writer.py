@@ -7,6 +7,7 @@ module to register the command, and ``tinyfast info`` must keep working without 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -284,7 +285,8 @@ def export(
     if calibration is not None:
         calibration = Path(calibration).expanduser()
         if not calibration.is_file():
-            raise ConfigError(f"{calibration}: no such file (the calibration text)")
+            what = "not a regular file" if calibration.exists() else "no such file"
+            raise ConfigError(f"{calibration}: {what} (the calibration text)")
     say = _stage_printer(progress)
     say(f"reading {path}")
     branches = _load_branches(path, branches_dir, config)
@@ -299,8 +301,10 @@ def export(
 
         # A plain Hugging Face classifier names no columns: its text is a "sentence" column
         # (or a .txt file), tokenized to the bundle's max_length.
-        meta = TaskMeta.load(path) if task_length is not None else TaskMeta(
-            task=task, labels=labels, columns=Columns(label=None), max_length=max_length)
+        meta = dataclasses.replace(TaskMeta.load(path), max_length=max_length) \
+            if task_length is not None else TaskMeta(task=task, labels=labels,
+                                                     columns=Columns(label=None),
+                                                     max_length=max_length)
         say(f"calibrating on {calibration}")
         stats, calibration_record = calibration_stats(
             model, calibration, load_tokenizer(path), meta,
