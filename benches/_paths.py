@@ -1,4 +1,5 @@
-"""How the bench scripts write a path into a result file: as something another checkout can read.
+"""How the bench scripts write a path into a result file: as something another checkout can read
+(and which commit they ran).
 
 A result file is committed and read on other machines, so it never holds an absolute path:
 
@@ -12,9 +13,20 @@ A result file is committed and read on other machines, so it never holds an abso
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def head_commit() -> str | None:
+    """The repository's HEAD commit (short), which a result file names as the code that ran; None
+    outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def recorded_path(

@@ -34,7 +34,6 @@ import argparse
 import datetime
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benches/*.py when loaded by path
-from _paths import REPO, recorded_path  # noqa: E402
+from _paths import head_commit, recorded_path  # noqa: E402
 from tinyfast.exits.choice import ACCURACY_TOLERANCE_POINTS, chosen_point  # noqa: E402
 
 SCHEMA_VERSION = 1
@@ -74,13 +73,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="timed passes per contender and batch")
     return p.parse_args(argv)
 
-
-def commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
-                              capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def self_distilled(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -235,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    code_commit = commit()  # the code that runs, whatever is committed while it does
+    code_commit = head_commit()  # the code that runs, whatever is committed while it does
     summary = self_distilled(args, work)
     model_dir = work / "selfdistill" / "model"
     bundle = work / "bundle-int8"

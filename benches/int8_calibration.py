@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benches/*.py when loaded by path
-from _paths import REPO, recorded_path  # noqa: E402
+from _paths import head_commit, recorded_path  # noqa: E402
 
 SPEEDS = "0,0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.6,0.7,0.8"
 
@@ -57,13 +56,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--rows must be >= 0, --heldout and --threads >= 1")
     return args
 
-
-def commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
-                              capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def heldout_rows(n: int, calibration_rows: list[int], limit: int) -> list[int]:
@@ -96,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    code_commit = commit()
+    code_commit = head_commit()
     speeds = parse_speeds(args.speeds)
     model_dir, work = Path(args.model), Path(args.work)
     meta = TaskMeta.load(model_dir)

@@ -3,10 +3,7 @@ a measurement): the result file's fields, and that its figures agree with each o
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -15,23 +12,14 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-BENCH = Path(__file__).resolve().parents[1] / "benches" / "early_exit.py"
-
-
-def load_bench() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("early_exit_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, finetuned_teacher, demo_data) -> dict:
     work = tmp_path_factory.mktemp("early-exit")
     out = work / "result.json"
-    code = load_bench().main([
+    code = load_bench("early_exit.py").main([
         "--model", str(finetuned_teacher[0] / "model"), "--unlabeled", str(demo_data["train"]),
         "--eval", str(demo_data["dev"]), "--work", str(work / "work"), "--out", str(out),
         "--speeds", "0,0.5,1", "--epochs", "2", "--lr", "1e-2", "--rounds", "1",

@@ -4,27 +4,15 @@ the result file's figures agree with each other."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 
-BENCH = Path(__file__).resolve().parents[1] / "benches" / "int8_calibration.py"
-
-
-def load_bench() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("int8_calibration_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +29,7 @@ def report(tmp_path_factory, finetuned_teacher, demo_data) -> dict:
     random_branches(model, list(range(1, layers)), ["linear"] * (layers - 1), seed=0).save(
         model_dir)
     out = work / "result.json"
-    code = load_bench().main([
+    code = load_bench("int8_calibration.py").main([
         "--model", str(model_dir), "--text", str(demo_data["train"]), "--work",
         str(work / "work"), "--out", str(out), "--rows", "0,16", "--heldout", "20",
         "--speeds", "0,0.5,0.9", "--threads", "1",
@@ -65,7 +53,7 @@ def test_every_variant_at_every_speed(report):
 def test_heldout_rows_avoid_every_calibration_row():
     from tinyfast.export.calibration import spread_rows
 
-    bench = load_bench()
+    bench = load_bench("int8_calibration.py")
     held = bench.heldout_rows(100, [0, 10, 30], 25)
     assert len(held) == 25 and held == sorted(set(held))
     assert not set(held) & (set(spread_rows(100, 10)) | set(spread_rows(100, 30)))

@@ -8,7 +8,6 @@ with a known set of rows changed, so the torch accuracy the bench reports is kno
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import types
@@ -24,25 +23,16 @@ transformers = pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).parent))
 import runtime_fixtures as rf  # noqa: E402
 import tinyfast  # noqa: E402
+from bench_scripts import BENCHES, load_bench  # noqa: E402
 
-BENCH = Path(__file__).resolve().parents[1] / "benches" / "runtime_accuracy.py"
 ROWS = 48
 CHANGED_EVERY = 6  # rows 0, 6, 12, ... get a label the torch model did not predict
 PAIR_LABELS = ["no", "yes"]
 
 
-def load_bench() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("runtime_accuracy_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench() -> types.ModuleType:
-    return load_bench()
+    return load_bench("runtime_accuracy.py")
 
 
 def torch_predictions(model: Any, tokenizer: Any, first: list[str], second: list[str] | None):
@@ -162,7 +152,7 @@ def test_recorded_paths_are_never_absolute(
 ) -> None:
     for run in report["runs"]:
         assert not Path(run["model"]).is_absolute() and not Path(run["data"]).is_absolute()
-    repo = BENCH.parents[1]
+    repo = BENCHES.parent
     assert bench.recorded_path(repo / "benches" / "results") == "benches/results"
     shared = repo.parent / "shared" / "data" / "sst2" / "dev.tsv"
     assert bench.recorded_path(shared) == "../shared/data/sst2/dev.tsv"

@@ -8,7 +8,6 @@ its numbers mean nothing and it never leaves this test.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -25,8 +24,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 import tinyfast  # noqa: E402
+from bench_scripts import load_bench  # noqa: E402
 
-BENCH = Path(__file__).resolve().parents[1] / "benches" / "runtime_speed.py"
 WORKLOADS = [("b1_s32", 1, 32), ("b1_s128", 1, 128), ("b32_s32", 32, 32)]
 FAST = ["--repeats", "2", "--calls", "2", "--warmup", "1", "--pool", "8", "--threads", "1"]
 PEERS = ["torch_fp32", "torch_int8_dynamic", "ort_int8", "ort_int8_fused"]
@@ -43,25 +42,16 @@ FORCED = [
 ]
 
 
-def load_bench() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("runtime_speed_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench() -> types.ModuleType:
-    return load_bench()
+    return load_bench("runtime_speed.py")
 
 
 def build_tokenizer() -> Any:
     """WordPiece over the bench's sentence words plus letters, so long words split into pieces."""
     import tokenizers
 
-    bench = load_bench()
+    bench = load_bench("runtime_speed.py")
     vocab: dict[str, int] = {}
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *letters]
@@ -120,7 +110,7 @@ def check_stats(res: dict[str, Any], batch: int) -> None:
 
 
 def test_every_contender_has_numbers_or_a_reason(report: dict[str, Any]) -> None:
-    bench = load_bench()
+    bench = load_bench("runtime_speed.py")
     assert list(report["contenders"]) == list(bench.CONTENDERS)
     for name in PEERS:
         assert "settings" in report["contenders"][name]

@@ -77,14 +77,7 @@ pub fn quantize_rows_portable(
     scales: &mut [f32],
     zero_points: &mut [u8],
 ) -> Result<(), QuantError> {
-    match smooth {
-        None => quantize_each_row(x, rows, k, q, scales, zero_points, |x, q| {
-            quantize_row::<false>(x, x, q)
-        }),
-        Some(m) => quantize_each_row(x, rows, k, q, scales, zero_points, |x, q| {
-            quantize_row::<true>(x, m, q)
-        }),
-    }
+    quantize_rows_lanes(x, smooth, rows, k, q, scales, zero_points)
 }
 
 /// [`quantize_rows_smoothed`] in the portable source compiled for AVX2 (it vectorizes to eight
@@ -95,6 +88,21 @@ pub fn quantize_rows_portable(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize_rows_avx2(
+    x: &[f32],
+    smooth: Option<&[f32]>,
+    rows: usize,
+    k: usize,
+    q: &mut [u8],
+    scales: &mut [f32],
+    zero_points: &mut [u8],
+) -> Result<(), QuantError> {
+    quantize_rows_lanes(x, smooth, rows, k, q, scales, zero_points)
+}
+
+/// The portable source of both kernels above, inlined into each so that it compiles for that
+/// kernel's instruction set.
+#[inline(always)]
+fn quantize_rows_lanes(
     x: &[f32],
     smooth: Option<&[f32]>,
     rows: usize,
