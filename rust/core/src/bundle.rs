@@ -381,15 +381,9 @@ impl Store<'_> {
         if q == Quantization::None {
             return Ok(Linear::F32(self.f32_linear(prefix, n, k)?));
         }
+        // Checked, with the other parts, by `Int8Linear::with_smoothing`.
         let smooth = if smoothing {
-            let name = format!("{prefix}.smooth");
-            let v = self.f32(&name)?;
-            if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| x.is_nan() || **x <= 0.0) {
-                return Err(self.err(format!(
-                    "tensor `{name}`: element [{i}] is {x}; smoothing factors must be > 0"
-                )));
-            }
-            Some(v)
+            Some(self.f32(&format!("{prefix}.smooth"))?)
         } else {
             None
         };

@@ -649,7 +649,7 @@ mod tests {
 
     /// A smoothed bundle: the encoder linears' `.smooth` tensors, declared by `"smoothing":
     /// true`. Factors of 1 give the plain bundle's bits; bad or missing factors are load errors
-    /// naming the tensor.
+    /// naming the linear.
     #[test]
     fn smoothing_factors_load_and_are_checked() {
         let model = Model::new(Spec::default());
@@ -702,7 +702,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("tensor `layers.2.ffn_out.smooth`: element [5] is 0"),
+            err.contains(
+                "`layers.2.ffn_out`: smoothing factor [5] is 0; it must be finite and > 0"
+            ),
             "{err}"
         );
     }
