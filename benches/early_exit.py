@@ -8,7 +8,8 @@ training file, labels ignored) and labeled evaluation data (``--eval``):
 1. ``tinyfast.selfdistill.selfdistill``: FastBERT branches after every layer but the last
    (``<WORK>/selfdistill``; reused when its metrics.json exists, so a rerun continues);
 2. ``tinyfast.export.export``: the int8 bundle (``<WORK>/bundle-int8``, written anew each run),
-   calibrated on ``--calibration`` (by default the unlabeled text; ``none`` for plain rounding);
+   calibrated on ``--calibration`` (by default the unlabeled text; ``none`` for plain rounding),
+   with ``--residual-layers`` leading layers carrying residual passes (default none);
 3. the curve over ``--speeds`` of the PyTorch early-exit model and of the int8 bundle (accuracy,
    macro F1, mean exit layer, share of rows per exit layer, FLOPs relative to the full model,
    rows/s; both at batch 32), and how often the two pick the same exit layer;
@@ -65,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calibration", default=None,
                    help="text the int8 export calibrates on (default: --unlabeled; 'none': "
                         "plain rounding, no smoothing)")
+    p.add_argument("--residual-layers", type=int, default=0,
+                   help="leading layers whose int8 linears add residual passes (export's "
+                        "--residual-layers)")
     p.add_argument("--branch", default="fastbert", choices=["fastbert", "linear"])
     p.add_argument("--epochs", type=float, default=3.0, help="self-distillation epochs")
     p.add_argument("--lr", type=float, default=2e-4, help="self-distillation learning rate")
@@ -233,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     bundle = work / "bundle-int8"
     calibration = args.unlabeled if args.calibration is None else args.calibration
     export(model_dir, bundle, dtype="int8",
-           calibration=None if calibration == "none" else calibration)
+           calibration=None if calibration == "none" else calibration,
+           residual_layers=args.residual_layers)
     inputs, labels, examples, meta = eval_data(model_dir, args.eval)
     curve = curves(model_dir, bundle, inputs, labels, examples, meta, speeds, args.threads)
     chosen = chosen_point(curve["int8"], args.tolerance)  # speed 0 is always among the speeds
@@ -251,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "unlabeled": recorded_path(args.unlabeled),
         "eval": recorded_path(args.eval),
         "calibration": None if calibration == "none" else recorded_path(calibration),
+        "residual_layers": args.residual_layers,
         "threads": args.threads,
         "selfdistill": {k: summary.get(k) for k in (
             "branch", "layers", "width", "heads", "temperature", "train_rows", "heldout_rows",

@@ -1,12 +1,14 @@
 """How closely int8 bundles follow the float model they came from, plainly rounded and
-calibrated (``tinyfast export --calibration``: input smoothing and GPTQ rounding), on text none of
-them was calibrated on. No labels: the measure is agreement with PyTorch, row by row.
+calibrated (``tinyfast export --calibration``: input smoothing and GPTQ rounding), with and without
+residual layers (``--residual-layers``), on text none of them was calibrated on. No labels: the
+measure is agreement with PyTorch, row by row.
 
 For an early-exit checkpoint (``--model``, e.g. ``tinyfast selfdistill``'s output) and unlabeled
 text (``--text``, e.g. the task's training file):
 
 1. one int8 bundle per ``--rows`` value (0: plain rounding; N: calibrated on N rows spread over
-   the text, the export's own choice of rows), in ``<WORK>/bundle-rows<N>``;
+   the text, the export's own choice of rows) and ``--residual-layers`` value, in
+   ``<WORK>/bundle-rows<N>`` (``-r<R>`` appended with R residual layers);
 2. held-out rows: up to ``--heldout`` rows of the text spread over those that none of the
    calibrations used;
 3. per speed, the rows where the bundle's exit layer, or its label, differs from the PyTorch
@@ -44,16 +46,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--rows", default="0,1024",
                    help="calibration rows per bundle, comma-separated (0: plain rounding)")
+    p.add_argument("--residual-layers", default="0",
+                   help="residual layers per bundle, comma-separated; every --rows value is "
+                        "exported with each")
     p.add_argument("--heldout", type=int, default=1500, help="held-out rows compared")
     p.add_argument("--speeds", default=SPEEDS)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    try:
-        args.rows = [int(r) for r in args.rows.split(",")]
-    except ValueError:
-        p.error(f"--rows: expected comma-separated integers, got {args.rows!r}")
-    if any(r < 0 for r in args.rows) or args.heldout < 1 or args.threads < 1:
-        p.error("--rows must be >= 0, --heldout and --threads >= 1")
+    for name in ("rows", "residual_layers"):
+        text = getattr(args, name)
+        try:
+            setattr(args, name, [int(r) for r in text.split(",")])
+        except ValueError:
+            p.error(f"--{name.replace('_', '-')}: expected comma-separated integers, got "
+                    f"{text!r}")
+    if any(r < 0 for r in args.rows + args.residual_layers) or args.heldout < 1 \
+            or args.threads < 1:
+        p.error("--rows and --residual-layers must be >= 0, --heldout and --threads >= 1")
     return args
 
 
@@ -99,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     reference = {s: model.predict(split, s) for s in speeds}
     inputs = [e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in held]
     variants: dict[str, Any] = {}
-    for rows in args.rows:
-        bundle = work / f"bundle-rows{rows}"
+    for rows, residual in ((r, x) for r in args.rows for x in args.residual_layers):
+        name = f"{rows}" if residual == 0 else f"{rows}-r{residual}"
+        bundle = work / f"bundle-rows{name}"
         export(model_dir, bundle, calibration=args.text if rows else None,
-               calibration_rows=rows or None)
+               calibration_rows=rows or None, residual_layers=residual)
         runtime = Runtime.load(bundle, threads=args.threads)
         points = []
         for s in speeds:
@@ -111,15 +121,16 @@ def main(argv: list[str] | None = None) -> int:
             points.append({"speed": s,
                            "exit_layer_differs": int((out.exit_layers != exits).sum()),
                            "label_differs": int((out.labels != logits.argmax(axis=1)).sum())})
-        variants[str(rows)] = {
+        variants[name] = {
             "bundle": recorded_path(bundle, work, "<WORK>"),
             "calibration": "none" if rows == 0 else f"{rows} rows of the text",
+            "residual_layers": residual,
             "exit_layer_differs_total": sum(p["exit_layer_differs"] for p in points),
             "label_differs_total": sum(p["label_differs"] for p in points),
             "points": points,
         }
-        print(f"rows {rows}: exit layer differs {variants[str(rows)]['exit_layer_differs_total']}"
-              f", label differs {variants[str(rows)]['label_differs_total']} (over "
+        print(f"rows {name}: exit layer differs {variants[name]['exit_layer_differs_total']}"
+              f", label differs {variants[name]['label_differs_total']} (over "
               f"{len(speeds)} speeds x {len(held)} rows)", flush=True)
     report = {
         "benchmark": "int8_calibration",

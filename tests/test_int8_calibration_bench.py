@@ -31,7 +31,7 @@ def report(tmp_path_factory, finetuned_teacher, demo_data) -> dict:
     out = work / "result.json"
     code = load_bench("int8_calibration.py").main([
         "--model", str(model_dir), "--text", str(demo_data["train"]), "--work",
-        str(work / "work"), "--out", str(out), "--rows", "0,16", "--heldout", "20",
+        str(work / "work"), "--out", str(out), "--rows", "0,16", "--residual-layers", "0,1", "--heldout", "20",
         "--speeds", "0,0.5,0.9", "--threads", "1",
     ])
     assert code == 0
@@ -39,7 +39,8 @@ def report(tmp_path_factory, finetuned_teacher, demo_data) -> dict:
 
 
 def test_every_variant_at_every_speed(report):
-    assert set(report["variants"]) == {"0", "16"}
+    assert set(report["variants"]) == {"0", "16", "0-r1", "16-r1"}
+    assert report["variants"]["16-r1"]["residual_layers"] == 1
     assert report["heldout_rows"] == 20 and report["speeds"] == [0.0, 0.5, 0.9]
     for v in report["variants"].values():
         assert [p["speed"] for p in v["points"]] == report["speeds"]

@@ -95,6 +95,15 @@ def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if smoothing and config["quantization"] != "int8":
         raise ConfigError(f"{where}: smoothing applies to int8 linears only; this bundle's "
                           f"quantization is {config['quantization']!r}")
+    residual = config.get("residual_layers", [])
+    if not (isinstance(residual, list) and all(_is_int(v) for v in residual)
+            and residual == sorted(set(residual))
+            and all(0 <= v < arch["num_layers"] for v in residual)):
+        raise ConfigError(f"{where}: residual_layers must be strictly increasing layer indices "
+                          f"in 0..{arch['num_layers'] - 1}, got {residual!r}")
+    if residual and config["quantization"] != "int8":
+        raise ConfigError(f"{where}: residual_layers apply to int8 linears only; this bundle's "
+                          f"quantization is {config['quantization']!r}")
     exits = config.get("exits")
     if not isinstance(exits, list):
         raise ConfigError(f"{where}: exits must be a list")
@@ -133,6 +142,7 @@ def expected_tensors(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...],
     c = len(config["labels"]) or 1
     int8 = config["quantization"] == "int8"
     smoothing = bool(config.get("smoothing", False))
+    residual = set(config.get("residual_layers", []))
     out: dict[str, tuple[tuple[int, ...], str]] = {
         "embeddings.word": ((arch["vocab_size"], h), "F32"),
         "embeddings.position": ((arch["max_position_embeddings"], h), "F32"),
@@ -149,6 +159,9 @@ def expected_tensors(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...],
                 out[prefix + ".scale"] = ((rows,), "F32")
             if smoothing:
                 out[prefix + ".smooth"] = ((cols,), "F32")
+            if layer in residual:
+                out[prefix + ".residual_weight"] = ((rows, cols), "I8")
+                out[prefix + ".residual_scale"] = ((rows,), "F32")
             out[prefix + ".bias"] = ((rows,), "F32")
         for norm in ("attn_norm", "ffn_norm"):
             out[f"layers.{layer}.{norm}.weight"] = ((h,), "F32")

@@ -13,10 +13,12 @@ import numpy as np
 __all__ = [
     "ACT_QMAX",
     "WEIGHT_QMAX",
+    "activation_residual",
     "int8_linear",
     "quantize_activations",
     "quantize_weights",
     "round_half_away",
+    "weight_residual",
 ]
 
 WEIGHT_QMAX = np.float32(127)
@@ -82,20 +84,53 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return q.astype(np.uint8), scale, zp.astype(np.int64)
 
 
+def weight_residual(weight: np.ndarray, codes: np.ndarray, scales: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 codes and scales (as ``quantize_weights``) of what rounding ``weight`` [out, in]
+    to ``codes`` with ``scales`` left over: ``weight - codes * scales``."""
+    w = np.asarray(weight, dtype=np.float32)
+    left = w - codes.astype(np.float32) * np.asarray(scales, dtype=np.float32)[:, None]
+    return quantize_weights(left)
+
+
+def activation_residual(x: np.ndarray, q: np.ndarray, scale: np.ndarray, zp: np.ndarray
+                        ) -> np.ndarray:
+    """What ``quantize_activations`` left over of ``x``: ``x - (q - zp) * scale`` per row, in
+    float32 as the runtime computes it (the integer difference is exact; one product and one
+    subtraction per element)."""
+    steps = (q.astype(np.float32) - zp.astype(np.float32)[:, None]) * scale[:, None]
+    return (np.asarray(x, dtype=np.float32) - steps).astype(np.float32)
+
+
+def _dequant_product(q: np.ndarray, s: np.ndarray, zp: np.ndarray, w: np.ndarray,
+                     scale: np.ndarray, col_sums: np.ndarray) -> np.ndarray:
+    """``s[t] * scale[o] * (q @ w^T - zp[t] * col_sums[o])`` in float64, exact integer sums."""
+    acc = q.astype(np.int64) @ w.T - zp[:, None] * col_sums[None, :]
+    return s.astype(np.float64)[:, None] * scale.astype(np.float64)[None, :] * acc
+
+
 def int8_linear(
     x: np.ndarray, weight: np.ndarray, scale: np.ndarray, bias: np.ndarray,
     col_sums: np.ndarray | None = None,
+    residual: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``y[t,o] = s[t] * scale[o] * (sum_k q[t,k] * qw[o,k] - zp[t] * sum_k qw[o,k]) + bias[o]``.
 
     ``x`` [T, K] float32 activations, ``weight`` [O, K] int8 codes. The sums are exact integers
     (int64); ``col_sums`` (sum_k qw[o, k]) may be passed precomputed, as the runtime prepacks it.
+
+    ``residual`` (residual weight codes, their scales) adds the two correction terms of
+    docs/bundle.md, "Residual layers": the input's codes times the residual weights, and the
+    codes of the input's own quantization residual times the weights.
     """
     q, s, zp = quantize_activations(x)
     w = weight.astype(np.int64)
     if col_sums is None:
         col_sums = w.sum(axis=1)
-    acc = q.astype(np.int64) @ w.T
-    acc = acc - zp[:, None] * col_sums[None, :]
-    y = s.astype(np.float64)[:, None] * scale.astype(np.float64)[None, :] * acc + bias
+    y = _dequant_product(q, s, zp, w, scale, col_sums) + bias
+    if residual is not None:
+        rw = residual[0].astype(np.int64)
+        y += _dequant_product(q, s, zp, rw, residual[1], rw.sum(axis=1))
+        q2, s2, zp2 = quantize_activations(activation_residual(x, q, s, zp))
+        y += _dequant_product(q2, s2, zp2, w, scale, col_sums)
     return y.astype(np.float32)

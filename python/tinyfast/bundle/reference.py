@@ -162,8 +162,12 @@ class ReferenceModel:
         smooth = self.tensors.get(name + ".smooth")
         if smooth is not None:
             x = _f32(x * smooth)  # docs/bundle.md, "Smoothing": one f32 product per element
+        residual = None
+        if name + ".residual_weight" in self.tensors:  # docs/bundle.md, "Residual layers"
+            residual = (self.tensors[name + ".residual_weight"],
+                        self.tensors[name + ".residual_scale"])
         return int8_linear(x, weight, self.tensors[name + ".scale"], bias,
-                           self._col_sums[name + ".weight"])
+                           self._col_sums[name + ".weight"], residual)
 
     def _layer(self, x: np.ndarray, layer: int, key_bias: np.ndarray) -> np.ndarray:
         p = f"layers.{layer}."

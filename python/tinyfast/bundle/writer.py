@@ -28,7 +28,7 @@ from tinyfast.bundle.format import (
     BUNDLE_WEIGHTS,
 )
 from tinyfast.bundle.gptq import quantize_weights_gptq
-from tinyfast.bundle.quantize import quantize_weights
+from tinyfast.bundle.quantize import quantize_weights, weight_residual
 from tinyfast.bundle.reference import ReferenceModel
 from tinyfast.bundle.smoothing import smoothing_factors
 from tinyfast.errors import ConfigError
@@ -51,37 +51,46 @@ DTYPES = ("int8", "f32")
 
 
 def add_linear(out: dict[str, np.ndarray], name: str, weight: np.ndarray, bias: np.ndarray,
-               quantize: bool, stats: InputStats | None = None) -> None:
+               quantize: bool, stats: InputStats | None = None, residual: bool = False) -> None:
     """An encoder-style linear under ``name``: int8 codes and scales (or the f32 weight), and
     its bias. With calibration ``stats`` (int8 only), the input gets smoothing factors
-    (``name.smooth``) and the smoothed weight is rounded by GPTQ over the smoothed inputs."""
+    (``name.smooth``) and the smoothed weight is rounded by GPTQ over the smoothed inputs.
+    ``residual`` (int8 only) adds the codes of what rounding left of the (smoothed) weight
+    (``name.residual_weight``, ``name.residual_scale``; docs/bundle.md, "Residual layers")."""
     weight = np.asarray(weight, dtype=np.float32)
-    if quantize and stats is not None:
-        try:
-            smooth = smoothing_factors(stats.amax, weight)
-            # x' = x * m and W' = W / m: x' x'^T = diag(m) (x x^T) diag(m).
-            m = smooth.astype(np.float64)
-            moments = stats.second_moments * m[:, None] * m[None, :]
-            out[name + ".weight"], out[name + ".scale"] = quantize_weights_gptq(
-                weight / smooth[None, :], moments)
-        except ValueError as exc:
-            raise ConfigError(f"cannot quantize {name}: {exc}") from None
-        out[name + ".smooth"] = smooth
-    elif quantize:
-        try:
-            out[name + ".weight"], out[name + ".scale"] = quantize_weights(weight)
-        except ValueError as exc:
-            raise ConfigError(f"cannot quantize {name}: {exc}") from None
-    else:
+    if residual and not quantize:
+        raise ConfigError(f"{name}: residual weights apply to int8 linears only")
+    if not quantize:
         out[name + ".weight"] = weight
+    else:
+        try:
+            if stats is not None:
+                smooth = smoothing_factors(stats.amax, weight)
+                # x' = x * m and W' = W / m: x' x'^T = diag(m) (x x^T) diag(m).
+                m = smooth.astype(np.float64)
+                moments = stats.second_moments * m[:, None] * m[None, :]
+                weight = (weight / smooth[None, :]).astype(np.float32)
+                codes, scales = quantize_weights_gptq(weight, moments)
+            else:
+                codes, scales = quantize_weights(weight)
+            out[name + ".weight"], out[name + ".scale"] = codes, scales
+            if stats is not None:
+                out[name + ".smooth"] = smooth
+            if residual:
+                out[name + ".residual_weight"], out[name + ".residual_scale"] = \
+                    weight_residual(weight, codes, scales)
+        except ValueError as exc:
+            raise ConfigError(f"cannot quantize {name}: {exc}") from None
     out[name + ".bias"] = np.asarray(bias, dtype=np.float32)
 
 
 def bert_tensors(sd: dict[str, np.ndarray], num_layers: int, quantize: bool,
-                 calibration: dict[str, InputStats] | None = None) -> dict[str, np.ndarray]:
+                 calibration: dict[str, InputStats] | None = None,
+                 residual_layers: frozenset[int] = frozenset()) -> dict[str, np.ndarray]:
     """The embeddings and encoder layers of a BERT state dict (``bert.`` names, float32 arrays)
     under the bundle's names. ``calibration`` (int8 only): the input statistics of every encoder
-    linear by bundle name (``layers.0.qkv``, ...), for smoothed, GPTQ-rounded linears."""
+    linear by bundle name (``layers.0.qkv``, ...), for smoothed, GPTQ-rounded linears.
+    ``residual_layers`` (int8 only): layers whose linears also get residual weights."""
     def stats(name: str) -> InputStats | None:
         # A smoothed bundle smooths every encoder linear (docs/bundle.md): all or none.
         return None if calibration is None else calibration[name]
@@ -100,18 +109,19 @@ def bert_tensors(sd: dict[str, np.ndarray], num_layers: int, quantize: bool,
         attn = hf + "attention.self."
         # Query, key, value stacked along the output axis: one GEMM serves all three.
         parts = ("query", "key", "value")
+        r = layer in residual_layers
         add_linear(out, ours + "qkv",
                    np.concatenate([sd[attn + n + ".weight"] for n in parts], axis=0),
                    np.concatenate([sd[attn + n + ".bias"] for n in parts], axis=0), quantize,
-                   stats(ours + "qkv"))
+                   stats(ours + "qkv"), r)
         add_linear(out, ours + "attn_out", sd[hf + "attention.output.dense.weight"],
-                   sd[hf + "attention.output.dense.bias"], quantize, stats(ours + "attn_out"))
+                   sd[hf + "attention.output.dense.bias"], quantize, stats(ours + "attn_out"), r)
         out[ours + "attn_norm.weight"] = sd[hf + "attention.output.LayerNorm.weight"]
         out[ours + "attn_norm.bias"] = sd[hf + "attention.output.LayerNorm.bias"]
         add_linear(out, ours + "ffn_in", sd[hf + "intermediate.dense.weight"],
-                   sd[hf + "intermediate.dense.bias"], quantize, stats(ours + "ffn_in"))
+                   sd[hf + "intermediate.dense.bias"], quantize, stats(ours + "ffn_in"), r)
         add_linear(out, ours + "ffn_out", sd[hf + "output.dense.weight"],
-                   sd[hf + "output.dense.bias"], quantize, stats(ours + "ffn_out"))
+                   sd[hf + "output.dense.bias"], quantize, stats(ours + "ffn_out"), r)
         out[ours + "ffn_norm.weight"] = sd[hf + "output.LayerNorm.weight"]
         out[ours + "ffn_norm.bias"] = sd[hf + "output.LayerNorm.bias"]
     return out

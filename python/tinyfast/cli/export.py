@@ -8,7 +8,7 @@ from typing import Any
 
 from tinyfast._io import read_json_object
 from tinyfast.bundle import BUNDLE_CONFIG
-from tinyfast.cli.args import positive_int
+from tinyfast.cli.args import nonnegative_int, positive_int
 from tinyfast.export import DTYPES, export
 
 
@@ -44,6 +44,11 @@ def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
                         "model's (default: none, plain rounding)")
     p.add_argument("--calibration-rows", metavar="N", type=positive_int, default=None,
                    help="rows of the calibration file to use, spread over it (default: 1024)")
+    p.add_argument("--residual-layers", metavar="N", type=nonnegative_int, default=0,
+                   help="layers, from the first, whose int8 linears also correct the rounding of "
+                        "their weights and inputs with two more int8 passes: about 16-bit "
+                        "precision at three times those layers' matrix products (default: "
+                        "%(default)s)")
     p.add_argument("--no-progress", action="store_true", help="do not print each stage")
     p.set_defaults(run=_run_export)
     return p
@@ -52,12 +57,14 @@ def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
 def _run_export(args: argparse.Namespace) -> int:
     out = export(args.model, args.out, dtype=args.dtype, branches_dir=args.branches,
                  max_length=args.max_length, progress=not args.no_progress,
-                 calibration=args.calibration, calibration_rows=args.calibration_rows)
+                 calibration=args.calibration, calibration_rows=args.calibration_rows,
+                 residual_layers=args.residual_layers)
     bundle = read_json_object(out / BUNDLE_CONFIG)
     summary = {
         "bundle": str(out),
         "quantization": bundle["quantization"],
         "smoothing": bundle.get("smoothing", False),
+        "residual_layers": bundle.get("residual_layers", []),
         "task": bundle["task"],
         "labels": bundle["labels"],
         "max_length": bundle["max_length"],

@@ -166,13 +166,14 @@ def _load_model(path: Path, config: Any) -> Any:
 # Building the bundle
 
 
-def _encoder_tensors(model: Any, quantize: bool, calibration: dict[str, InputStats] | None = None
-                     ) -> dict[str, np.ndarray]:
+def _encoder_tensors(model: Any, quantize: bool, calibration: dict[str, InputStats] | None = None,
+                     residual_layers: frozenset[int] = frozenset()) -> dict[str, np.ndarray]:
     """Every non-branch tensor of a classifier's bundle, named as docs/bundle.md names them."""
     import torch
 
     sd = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in model.state_dict().items()}
-    out = bert_tensors(sd, model.config.num_hidden_layers, quantize, calibration)
+    out = bert_tensors(sd, model.config.num_hidden_layers, quantize, calibration,
+                       residual_layers)
     out["head.pooler.weight"] = sd["bert.pooler.dense.weight"]
     out["head.pooler.bias"] = sd["bert.pooler.dense.bias"]
     out["head.classifier.weight"] = sd["classifier.weight"]
@@ -229,6 +230,7 @@ def export(
     progress: bool = False,
     calibration: str | os.PathLike[str] | None = None,
     calibration_rows: int | None = None,
+    residual_layers: int = 0,
 ) -> Path:
     """Write the runtime bundle of a BERT classifier checkpoint to ``out_dir``; return its path.
 
@@ -243,6 +245,12 @@ def export(
     spread over the file) run through the model; every encoder linear then gets smoothing factors
     for its input and GPTQ-rounded weights (``"smoothing": true`` in the bundle), which keeps the
     int8 model's outputs, and so its exit decisions, closer to the float model's.
+
+    ``residual_layers`` (int8 only): how many layers, from the first, also quantize what rounding
+    left of their weights and inputs and add those passes (docs/bundle.md, "Residual layers"):
+    about 16-bit precision for three int8 GEMMs instead of one in those layers. Errors of the
+    first layers reach every exit, so a few of them buy most of the agreement with the float
+    model (benches/RESULTS.md, int8 sensitivity).
     """
     import torch
 
@@ -277,6 +285,14 @@ def export(
     if max_length > positions:
         raise ConfigError(f"max_length {max_length} exceeds the model's max_position_embeddings "
                           f"{positions}; pass --max-length {positions} or less")
+    layers = int(config.num_hidden_layers)
+    if isinstance(residual_layers, bool) or not isinstance(residual_layers, int) \
+            or not 0 <= residual_layers <= layers:
+        raise ConfigError(f"residual layers must be an integer in 0..{layers} (the model's "
+                          f"layers), got {residual_layers!r}")
+    if residual_layers and dtype != "int8":
+        raise ConfigError("residual layers apply to int8 bundles; an f32 bundle has no "
+                          "rounding to correct")
     if calibration is not None and dtype != "int8":
         raise ConfigError("calibration applies to int8 bundles; an f32 bundle has nothing to "
                           "calibrate")
@@ -311,7 +327,8 @@ def export(
             rows=DEFAULT_CALIBRATION_ROWS if calibration_rows is None else calibration_rows)
     say("quantizing the encoder's linears" if dtype == "int8" else "collecting f32 tensors")
     with torch.no_grad():
-        tensors = _encoder_tensors(model, quantize=dtype == "int8", calibration=stats)
+        tensors = _encoder_tensors(model, quantize=dtype == "int8", calibration=stats,
+                                   residual_layers=frozenset(range(residual_layers)))
         if branches is not None:
             tensors.update({k: v.detach().to(torch.float32).cpu().numpy() for k, v in
                             branches.state_dict().items()})
@@ -330,6 +347,8 @@ def export(
     }
     if stats is not None:
         bundle["smoothing"] = True
+    if residual_layers:
+        bundle["residual_layers"] = list(range(residual_layers))
     if any(e["kind"] == "fastbert" for e in exits):
         assert branches is not None
         bundle["branch"] = {"width": branches.width, "heads": branches.heads}

@@ -53,7 +53,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                     "batch_size": 32, "warmup": 0.1, "temperature": 1.0, "heldout": 0.05},
     # calibration_rows: rows of the self-distillation text the int8 export calibrates on
     # (smoothing factors and GPTQ rounding); 0: plain rounding. They change the int8 codes.
-    "export": {"enabled": True, "dtype": "int8", "calibration_rows": 1024},
+    # residual_layers: leading layers whose int8 linears add residual passes (export's
+    # --residual-layers).
+    "export": {"enabled": True, "dtype": "int8", "calibration_rows": 1024, "residual_layers": 0},
     "evaluate": {"enabled": True, "speeds": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8],
                  "batch_size": 32},
     # tinyfast bench on the dev set: every contender in its own process, taking turns.
@@ -74,7 +76,8 @@ _CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("augment", "backend"): ("int8", "torch"),
 }
 # Integer settings with a lower bound.
-_MINIMUM: dict[tuple[str, str], int] = {("export", "calibration_rows"): 0}
+_MINIMUM: dict[tuple[str, str], int] = {("export", "calibration_rows"): 0,
+                                        ("export", "residual_layers"): 0}
 # List settings whose items are names from a fixed set (other lists hold numbers).
 _NAME_LISTS: dict[tuple[str, str], tuple[str, ...]] = {("bench", "contenders"): FAMILIES}
 

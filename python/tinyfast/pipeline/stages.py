@@ -305,11 +305,12 @@ def _export_run(ctx: Context, out: Path, resume: bool) -> StageResult:
     bundle = export(_model_to_export(ctx), out / "bundle", dtype=ctx.recipe["export"]["dtype"],
                     progress=ctx.progress, calibration=calibration,
                     calibration_rows=ctx.recipe["export"]["calibration_rows"] if calibration
-                    else None)
+                    else None, residual_layers=ctx.recipe["export"]["residual_layers"])
     meta = json.loads((bundle / "tinyfast.json").read_text(encoding="utf-8"))
     size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
     return StageResult(bundle, {"bundle_bytes": size, "quantization": meta.get("quantization"),
                                 "smoothing": meta.get("smoothing", False),
+                                "residual_layers": meta.get("residual_layers", []),
                                 "exits": meta.get("exits", [])})
 
 

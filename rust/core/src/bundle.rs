@@ -127,6 +127,10 @@ fn for_each_expected(config: &BundleConfig, f: &mut dyn FnMut(Spec) -> Result<()
                 if config.smoothing {
                     t(format!("{p}.smooth"), &[k], Dtype::F32)?;
                 }
+                if config.residual_layers.contains(&l) {
+                    t(format!("{p}.residual_weight"), &[n, k], Dtype::I8)?;
+                    t(format!("{p}.residual_scale"), &[n], Dtype::F32)?;
+                }
             } else {
                 t(format!("{p}.weight"), &[n, k], Dtype::F32)?;
             }
@@ -377,6 +381,7 @@ impl Store<'_> {
         k: usize,
         q: Quantization,
         smoothing: bool,
+        residual: bool,
     ) -> Result<Linear> {
         if q == Quantization::None {
             return Ok(Linear::F32(self.f32_linear(prefix, n, k)?));
@@ -387,24 +392,45 @@ impl Store<'_> {
         } else {
             None
         };
-        let w = self.i8(&format!("{prefix}.weight"))?;
-        let scales = self.f32(&format!("{prefix}.scale"))?;
+        let packed = self.packed(
+            &format!("{prefix}.weight"),
+            &format!("{prefix}.scale"),
+            n,
+            k,
+        )?;
+        let residual = if residual {
+            Some(self.packed(
+                &format!("{prefix}.residual_weight"),
+                &format!("{prefix}.residual_scale"),
+                n,
+                k,
+            )?)
+        } else {
+            None
+        };
         let bias = self.f32(&format!("{prefix}.bias"))?;
-        let m = QuantizedMatrix::from_parts(n, k, w, scales).map_err(|e| match e {
-            QuantError::InvalidScale { row, value } => self.err(format!(
-                "tensor `{prefix}.scale`: element [{row}] is {value}; scales must be finite and > 0"
-            )),
-            QuantError::WeightOutOfRange { row, col } => self.err(format!(
-                "tensor `{prefix}.weight`: element [{row}, {col}] is -128; int8 weight codes must \
-                 be in -127..=127"
-            )),
-            other => self.err(format!("`{prefix}`: {other}")),
-        })?;
-        let packed = PackedWeights::new(&m).map_err(|e| self.err(format!("`{prefix}`: {e}")))?;
         let lin = Int8Linear::new(packed, bias)
             .and_then(|l| l.with_smoothing(smooth))
+            .and_then(|l| l.with_residual(residual))
             .map_err(|m| self.err(format!("`{prefix}`: {m}")))?;
         Ok(Linear::Int8(lin))
+    }
+
+    /// The int8 codes `weight` `[n, k]` with their per-row `scale`, checked and prepacked.
+    fn packed(&mut self, weight: &str, scale: &str, n: usize, k: usize) -> Result<PackedWeights> {
+        let w = self.i8(weight)?;
+        let scales = self.f32(scale)?;
+        let m = QuantizedMatrix::from_parts(n, k, w, scales).map_err(|e| match e {
+            QuantError::InvalidScale { row, value } => self.err(format!(
+                "tensor `{scale}`: element [{row}] is {value}; scales must be finite and > 0"
+            )),
+            QuantError::WeightOutOfRange { row, col } => self.err(format!(
+                "tensor `{weight}`: element [{row}, {col}] is -128; int8 weight codes must be in \
+                 -127..=127"
+            )),
+            other => self.err(format!("`{weight}`: {other}")),
+        })?;
+        PackedWeights::new(&m).map_err(|e| self.err(format!("`{weight}`: {e}")))
     }
 }
 
@@ -438,12 +464,13 @@ fn build(config: &BundleConfig, s: &mut Store) -> Result<ModelWeights> {
     let mut layers = Vec::with_capacity(a.num_layers);
     for l in 0..a.num_layers {
         let p = format!("layers.{l}");
+        let r = config.residual_layers.contains(&l);
         layers.push(EncoderLayer {
-            qkv: s.encoder_linear(&format!("{p}.qkv"), 3 * h, h, q, sm)?,
-            attn_out: s.encoder_linear(&format!("{p}.attn_out"), h, h, q, sm)?,
+            qkv: s.encoder_linear(&format!("{p}.qkv"), 3 * h, h, q, sm, r)?,
+            attn_out: s.encoder_linear(&format!("{p}.attn_out"), h, h, q, sm, r)?,
             attn_norm: s.norm(&format!("{p}.attn_norm"))?,
-            ffn_in: s.encoder_linear(&format!("{p}.ffn_in"), ff, h, q, sm)?,
-            ffn_out: s.encoder_linear(&format!("{p}.ffn_out"), h, ff, q, sm)?,
+            ffn_in: s.encoder_linear(&format!("{p}.ffn_in"), ff, h, q, sm, r)?,
+            ffn_out: s.encoder_linear(&format!("{p}.ffn_out"), h, ff, q, sm, r)?,
             ffn_norm: s.norm(&format!("{p}.ffn_norm"))?,
         });
     }
@@ -451,7 +478,7 @@ fn build(config: &BundleConfig, s: &mut Store) -> Result<ModelWeights> {
         Head::MaskedLm(Box::new(MaskedLmHead {
             transform: s.f32_linear("head.transform", h, h)?,
             norm: s.norm("head.norm")?,
-            decoder: s.encoder_linear("head.decoder", a.vocab_size, h, q, false)?,
+            decoder: s.encoder_linear("head.decoder", a.vocab_size, h, q, false, false)?,
         }))
     } else {
         Head::Classifier(ClassifierHead {

@@ -108,6 +108,10 @@ pub struct BundleConfig {
     /// `smoothing` (int8 only, default false): every encoder linear has a `.smooth` tensor, one
     /// factor per input feature that its input is multiplied by before it is quantized.
     pub smoothing: bool,
+    /// `residual_layers` (int8 only, default none): 0-based layers, strictly increasing, whose
+    /// four linears carry residual weights and add the second passes of docs/bundle.md,
+    /// "Residual layers".
+    pub residual_layers: Vec<usize>,
     /// Strictly increasing by layer.
     pub exits: Vec<ExitSpec>,
     /// Present whenever an exit is `fastbert`.
@@ -205,6 +209,13 @@ impl BundleConfig {
                 "applies to int8 linears only; this bundle's quantization is \"none\"".to_string(),
             ));
         }
+        let residual_layers = parse_residual_layers(&mut top, architecture.num_layers)?;
+        if !residual_layers.is_empty() && quantization != Quantization::Int8 {
+            return Err(top.err(
+                "residual_layers",
+                "apply to int8 linears only; this bundle's quantization is \"none\"".to_string(),
+            ));
+        }
         let exits = parse_exits(&mut top, architecture.num_layers)?;
         if task == Task::MaskedLm && !exits.is_empty() {
             return Err(top.err(
@@ -228,6 +239,7 @@ impl BundleConfig {
             max_length,
             quantization,
             smoothing,
+            residual_layers,
             exits,
             branch,
             source,
@@ -330,6 +342,38 @@ fn parse_labels(top: &mut Obj, task: Task) -> Result<Vec<String>> {
         )),
         _ => Ok(labels),
     }
+}
+
+fn parse_residual_layers(top: &mut Obj, num_layers: usize) -> Result<Vec<usize>> {
+    let Some(value) = top.take("residual_layers") else {
+        return Ok(Vec::new());
+    };
+    let Value::Array(items) = value else {
+        return Err(top.err(
+            "residual_layers",
+            format!("expected an array of layer indices, got {}", kind_of(value)),
+        ));
+    };
+    let mut layers: Vec<usize> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let lo = layers.last().map_or(0, |prev| prev + 1);
+        let layer = item.as_u64().and_then(|v| usize::try_from(v).ok());
+        match layer {
+            Some(l) if (lo..num_layers).contains(&l) => layers.push(l),
+            _ => {
+                return Err(top.err(
+                    &format!("residual_layers[{i}]"),
+                    format!(
+                        "expected a layer index in {lo}..={} (0-based, strictly increasing), \
+                         got {}",
+                        num_layers.saturating_sub(1),
+                        describe(item)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(layers)
 }
 
 fn parse_exits(top: &mut Obj, num_layers: usize) -> Result<Vec<ExitSpec>> {
@@ -676,6 +720,29 @@ mod tests {
                 }),
                 "smoothing",
             ),
+            (
+                Box::new(|v| v["residual_layers"] = serde_json::json!([1, 0])),
+                "`residual_layers[1]`: expected a layer index in 2..=3",
+            ),
+            (
+                Box::new(|v| v["residual_layers"] = serde_json::json!([-1])),
+                "residual_layers[0]",
+            ),
+            (
+                Box::new(|v| v["residual_layers"] = serde_json::json!([99])),
+                "residual_layers[0]",
+            ),
+            (
+                Box::new(|v| v["residual_layers"] = serde_json::json!(2)),
+                "residual_layers",
+            ),
+            (
+                Box::new(|v| {
+                    v["residual_layers"] = serde_json::json!([0]);
+                    v["quantization"] = "none".into();
+                }),
+                "residual_layers",
+            ),
         ];
         for (edit, want) in cases {
             let mut v = base();
@@ -703,6 +770,10 @@ mod tests {
         let mut v = base();
         v["smoothing"] = true.into();
         assert!(parse(&v).unwrap().smoothing);
+        assert!(c.residual_layers.is_empty());
+        let mut v = base();
+        v["residual_layers"] = serde_json::json!([0, 2]);
+        assert_eq!(parse(&v).unwrap().residual_layers, vec![0, 2]);
         let mut v = base();
         v["task"] = "regression".into();
         v["labels"] = serde_json::json!([]);

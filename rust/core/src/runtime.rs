@@ -708,4 +708,98 @@ mod tests {
             "{err}"
         );
     }
+
+    /// A bundle with residual layers (docs/bundle.md, "Residual layers"): the residual codes of
+    /// the f32 weights load, give the same bits on every kernel and batch size, bring the
+    /// logits closer to the f32 bundle's, and a bad residual scale is a load error naming it.
+    #[test]
+    fn residual_layers_load_and_approach_the_float_bundle() {
+        use crate::quant::quantize_weights;
+
+        let model = Model::new(Spec::default());
+        let inputs = texts();
+        let logits = |dir: &Path| {
+            load(dir, KernelKind::Portable)
+                .unwrap()
+                .predict(&inputs, 0.0, 2)
+        };
+        let float = logits(model.write(false).path()).unwrap().logits;
+        let plain = logits(model.write(true).path()).unwrap().logits;
+        let dir = model.write(true);
+        let mut config = model.config(true);
+        config["residual_layers"] = (0..model.spec.layers).collect::<Vec<_>>().into();
+        std::fs::write(dir.path().join("tinyfast.json"), config.to_string()).unwrap();
+        let err = load(dir.path(), KernelKind::Portable)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("layers.0.qkv.residual_weight"), "{err}");
+        let mut tensors = model.tensors(true);
+        for t in &model.f32 {
+            let Some(prefix) = t.name.strip_suffix(".weight") else {
+                continue;
+            };
+            if !(prefix.starts_with("layers.")
+                && tensors.iter().any(|i| i.name == format!("{prefix}.scale")))
+            {
+                continue;
+            }
+            let Data::F32(w) = &t.data else {
+                unreachable!()
+            };
+            let (n, k) = (t.shape[0], t.shape[1]);
+            let codes = quantize_weights(w, n, k).unwrap();
+            let left: Vec<f32> = w
+                .iter()
+                .zip(codes.dequantize())
+                .map(|(a, b)| a - b)
+                .collect();
+            let r = quantize_weights(&left, n, k).unwrap();
+            tensors.push(Tensor {
+                name: format!("{prefix}.residual_weight"),
+                shape: vec![n, k],
+                data: Data::I8(r.data().to_vec()),
+            });
+            tensors.push(Tensor {
+                name: format!("{prefix}.residual_scale"),
+                shape: vec![n],
+                data: Data::F32(r.scales().to_vec()),
+            });
+        }
+        write_safetensors(&dir.path().join("model.safetensors"), &tensors);
+        let want = logits(dir.path()).unwrap();
+        for isa in Isa::available() {
+            let rt = load(dir.path(), isa.kind()).unwrap();
+            for batch_size in [1, 3] {
+                assert_eq!(rt.predict(&inputs, 0.0, batch_size).unwrap(), want, "{isa}");
+            }
+        }
+        let err = |a: &[f32]| {
+            a.iter()
+                .zip(&float)
+                .map(|(x, y)| (x - y).abs())
+                .sum::<f32>()
+        };
+        assert!(
+            err(&want.logits) < err(&plain) / 10.0,
+            "{} vs {}",
+            err(&want.logits),
+            err(&plain)
+        );
+        let t = tensors
+            .iter_mut()
+            .find(|t| t.name == "layers.1.ffn_in.residual_scale")
+            .unwrap();
+        let Data::F32(v) = &mut t.data else {
+            unreachable!()
+        };
+        v[2] = f32::NAN;
+        write_safetensors(&dir.path().join("model.safetensors"), &tensors);
+        let err = load(dir.path(), KernelKind::Portable)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tensor `layers.1.ffn_in.residual_scale`: element [2] is NaN"),
+            "{err}"
+        );
+    }
 }
