@@ -31,8 +31,8 @@ def report(tmp_path_factory, finetuned_teacher, demo_data) -> dict:
     out = work / "result.json"
     code = load_bench("int8_calibration.py").main([
         "--model", str(model_dir), "--text", str(demo_data["train"]), "--work",
-        str(work / "work"), "--out", str(out), "--rows", "0,16", "--residual-layers", "0,1", "--heldout", "20",
-        "--speeds", "0,0.5,0.9", "--threads", "1",
+        str(work / "work"), "--out", str(out), "--rows", "0,16", "--residual-layers", "0,1",
+        "--heldout", "20", "--speeds", "0,0.5,0.9", "--threads", "1",
     ])
     assert code == 0
     return json.loads(out.read_text(encoding="utf-8"))
