@@ -243,8 +243,10 @@ fn add_into(out: &mut [f32], partial: &[f32]) {
 }
 
 /// What quantizing the (smoothed) input left over: `r = x' - (q - zp) * scale` per row, with
-/// `x' = x * smooth` as the quantizer formed it; the integer difference is exact in f32, so each
-/// element is one product and one subtraction, on every kernel alike.
+/// `x' = x * smooth` as the quantizer formed it. `q - zp` is a small integer, exact in f32, so
+/// each element is one product and one subtraction (two with smoothing), never a fused
+/// multiply-add: the same bits whatever the vector width. (A pass over the input; the two extra
+/// GEMMs dominate a residual linear's cost, so it is left to the compiler to vectorize.)
 fn quantization_residual(
     x: &[f32],
     smooth: Option<&[f32]>,
@@ -259,13 +261,18 @@ fn quantization_residual(
         .zip(q.chunks_exact(k))
         .zip(r.chunks_exact_mut(k));
     for (((x, q), r), (&s, &zp)) in rows.zip(scales.iter().zip(zero_points)) {
-        let zp = zp as i32;
-        for (j, ((r, &x), &q)) in r.iter_mut().zip(x).zip(q).enumerate() {
-            let x = match smooth {
-                Some(m) => x * m[j],
-                None => x,
-            };
-            *r = x - (q as i32 - zp) as f32 * s;
+        let zp = zp as f32;
+        match smooth {
+            Some(m) => {
+                for (((r, &x), &m), &q) in r.iter_mut().zip(x).zip(m).zip(q) {
+                    *r = x * m - (q as f32 - zp) * s;
+                }
+            }
+            None => {
+                for ((r, &x), &q) in r.iter_mut().zip(x).zip(q) {
+                    *r = x - (q as f32 - zp) * s;
+                }
+            }
         }
     }
 }
