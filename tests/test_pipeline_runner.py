@@ -37,6 +37,7 @@ def tiny_recipe(student_json: Path, **changes: dict) -> dict:
                  "batch_size": 16},
         "augment": {"enabled": True, "n": 2},
         "selfdistill": {"branch": "linear", "epochs": 2.0, "lr": 1e-2, "batch_size": 16},
+        "export": {"residual_layers": 1},
         "evaluate": {"speeds": [0.0, 0.5, 1.0]},
         # The engines without a model-specific preparation step: seconds, not minutes.
         "bench": {"contenders": ["torch_fp32", "tinyfast_int8"], "speeds": [0.0, 0.5],
@@ -87,7 +88,7 @@ def test_every_stage_runs_and_leaves_its_artifact(first_run):
     assert "| bench |" in (out / "report" / "report.md").read_text(encoding="utf-8")
     # The int8 export calibrated on the self-distillation text (the augmented rows).
     bundle = json.loads((out / "export" / "bundle" / "tinyfast.json").read_text("utf-8"))
-    assert bundle["smoothing"] is True
+    assert bundle["smoothing"] is True and bundle["residual_layers"] == [0]
     assert bundle["source"]["calibration"]["file"] == str(out / "augment" / "train.tsv")
     assert [p["speed"] for p in curve["points"]] == [0.0, 0.5, 1.0]
     assert curve["points"][0]["mean_exit_layer"] == 2.0  # the tiny student has 2 layers
@@ -240,6 +241,7 @@ def test_recipe_masking_modes_are_the_masked_lms():
     ({"bench": {"contenders": "ort_int8"}}, "expected a non-empty list of names"),
     ({"evaluate": {"speeds": []}}, "expected a non-empty list of numbers"),
     ({"export": {"calibration_rows": -1}}, "[export] calibration_rows: expected an integer >= 0"),
+    ({"export": {"residual_layers": -1}}, "[export] residual_layers: expected an integer >= 0"),
     ({"task": []}, "[task] must be a table of settings"),
 ])
 def test_recipe_errors_name_the_key(data, message):
