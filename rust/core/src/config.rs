@@ -109,7 +109,7 @@ pub struct BundleConfig {
     /// factor per input feature that its input is multiplied by before it is quantized.
     pub smoothing: bool,
     /// `residual_layers` (int8 only, default none): 0-based layers, strictly increasing, whose
-    /// four linears carry residual weights and add the second passes of docs/bundle.md,
+    /// four linears carry residual weights and add the residual passes of docs/bundle.md,
     /// "Residual layers".
     pub residual_layers: Vec<usize>,
     /// Strictly increasing by layer.
