@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="leading layers whose int8 linears add residual passes (export's "
                         "--residual-layers)")
     p.add_argument("--branch", default="fastbert", choices=["fastbert", "linear"])
-    p.add_argument("--epochs", type=float, default=3.0, help="self-distillation epochs")
+    p.add_argument("--epochs", type=float, default=10.0, help="self-distillation epochs")
     p.add_argument("--lr", type=float, default=2e-4, help="self-distillation learning rate")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=1, help="threads of every contender")

@@ -160,6 +160,22 @@ def selfdistill_args(finetuned_teacher, demo_data, tmp_path):
     return args
 
 
+def test_command_recipe_and_bench_share_the_library_defaults():
+    # The command line and the recipe cannot import torch to read the constants, so they repeat
+    # them; this keeps the copies equal.
+    from bench_scripts import load_bench
+    from tinyfast.pipeline.recipe import DEFAULTS
+    from tinyfast.selfdistill import DEFAULT_EPOCHS, DEFAULT_LR
+
+    args = cli.build_parser().parse_args(["selfdistill", "m", "--unlabeled", "u", "--out", "o"])
+    bench = load_bench("early_exit.py").parse_args(
+        ["--model", "m", "--unlabeled", "u", "--eval", "e", "--work", "w", "--out", "o"])
+    for epochs, lr in ((args.epochs, args.lr), (DEFAULTS["selfdistill"]["epochs"],
+                                                DEFAULTS["selfdistill"]["lr"]),
+                       (bench.epochs, bench.lr)):
+        assert (epochs, lr) == (DEFAULT_EPOCHS, DEFAULT_LR)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--layers", "4"], "--layers: 4 is not an exit layer of this 4-layer model"),
     (["--layers", "0,1"], "--layers: 0 is not an exit layer"),

@@ -33,10 +33,15 @@ from tinyfast.models.branches import BRANCHES_FILE, DEFAULT_HEADS, DEFAULT_WIDTH
 from tinyfast.train import distributed
 from tinyfast.train.outputs import claim_out_dir, write_summary
 
-__all__ = ["SelfDistillStep", "default_exit_layers", "selfdistill"]
+__all__ = ["DEFAULT_EPOCHS", "DEFAULT_LR", "SelfDistillStep", "default_exit_layers",
+           "selfdistill"]
 
 # FastBERT's official self-distillation learning rate.
 DEFAULT_LR = 2e-4
+# The branches' held-out KL still falls after 3 epochs: over 10, the MiniLM teachers' went from
+# 0.46 to 0.24 (TREC) and from 0.43 to 0.40 (SST-2, best at epoch 5); the best branches on the
+# held-out rows are the ones kept, and a step is cheap (the frozen backbone runs forward only).
+DEFAULT_EPOCHS = 10.0
 
 
 class SelfDistillStep(nn.Module):
@@ -151,7 +156,8 @@ def selfdistill(
     that were best on a held-out ``heldout`` share of the text (at most 1000 rows).
     ``branch``: "fastbert" (FastBERT's attention branch, ``width`` and ``heads``) or "linear";
     ``layers``: the 1-based layers that get a branch (default: every layer but the last)."""
-    config = config or train.TrainConfig(epochs=3, lr=DEFAULT_LR, batch_size=32, warmup=0.1)
+    config = config or train.TrainConfig(epochs=DEFAULT_EPOCHS, lr=DEFAULT_LR, batch_size=32,
+                                         warmup=0.1)
     if branch not in KINDS:
         raise ConfigError(f"branch must be one of {', '.join(KINDS)} (got {branch!r})")
     if not 0 <= heldout < 1:

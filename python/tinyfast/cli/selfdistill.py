@@ -43,7 +43,7 @@ def add_command(sub: Any) -> None:
     sd.add_argument("--heldout", type=nonnegative_float, default=0.05,
                     help="share of the text held out to pick the best branches (at most 1000 "
                          "rows; default: %(default)s)")
-    add_training(sd, epochs=3, lr=2e-4, batch_size=32, warmup=0.1)
+    add_training(sd, epochs=10, lr=2e-4, batch_size=32, warmup=0.1)
     sd.set_defaults(run=_selfdistill)
 
 

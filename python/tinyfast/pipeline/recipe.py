@@ -49,7 +49,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "task": {"enabled": True, "student": "tinybert4", "init": "auto",
              "intermediate_epochs": 10.0, "intermediate_lr": 1e-4, "prediction_epochs": 3.0,
              "prediction_lr": 5e-5, "temperature": 1.0, "batch_size": 32, "eval_every": 0},
-    "selfdistill": {"enabled": True, "branch": "fastbert", "epochs": 3.0, "lr": 2e-4,
+    "selfdistill": {"enabled": True, "branch": "fastbert", "epochs": 10.0, "lr": 2e-4,
                     "batch_size": 32, "warmup": 0.1, "temperature": 1.0, "heldout": 0.05},
     # calibration_rows: rows of the self-distillation text the int8 export calibrates on
     # (smoothing factors and GPTQ rounding); 0: plain rounding. They change the int8 codes.
