@@ -714,7 +714,7 @@ mod tests {
     /// logits closer to the f32 bundle's, and a bad residual scale is a load error naming it.
     #[test]
     fn residual_layers_load_and_approach_the_float_bundle() {
-        use crate::quant::quantize_weights;
+        use crate::testing::weight_residual;
 
         let model = Model::new(Spec::default());
         let inputs = texts();
@@ -747,13 +747,7 @@ mod tests {
                 unreachable!()
             };
             let (n, k) = (t.shape[0], t.shape[1]);
-            let codes = quantize_weights(w, n, k).unwrap();
-            let left: Vec<f32> = w
-                .iter()
-                .zip(codes.dequantize())
-                .map(|(a, b)| a - b)
-                .collect();
-            let r = quantize_weights(&left, n, k).unwrap();
+            let r = weight_residual(w, n, k);
             tensors.push(Tensor {
                 name: format!("{prefix}.residual_weight"),
                 shape: vec![n, k],

@@ -5,6 +5,8 @@
 //! - [`TempDir`]: a directory removed when dropped;
 //! - [`write_safetensors`]: a safetensors writer of our own, so that tests can also write broken
 //!   files;
+//! - [`weight_residual`]: the int8 codes of what rounding left of a weight matrix (a bundle's
+//!   `residual_weight`, which export writes);
 //! - [`Model`]: a tiny BERT of a given [`Spec`] with random weights, written as a runtime bundle
 //!   (`tinyfast.json`, `model.safetensors`, and the WordPiece `tokenizer.json` of
 //!   [`tokenizer_json`] over [`VOCAB`]).
@@ -14,9 +16,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{json, Value};
 
-use crate::quant::quantize_weights;
+use crate::quant::{quantize_weights, QuantizedMatrix};
 
 pub use crate::rng::SplitMix64;
+
+/// The int8 codes of `w - dequantize(quantize_weights(w))` (`[rows_out, cols_in]`): the residual
+/// weights of docs/bundle.md, "Residual layers", as export computes them.
+pub fn weight_residual(w: &[f32], rows_out: usize, cols_in: usize) -> QuantizedMatrix {
+    let codes = quantize_weights(w, rows_out, cols_in).unwrap();
+    let left: Vec<f32> = w
+        .iter()
+        .zip(codes.dequantize())
+        .map(|(a, b)| a - b)
+        .collect();
+    quantize_weights(&left, rows_out, cols_in).unwrap()
+}
 
 /// A fresh directory under the system temp dir, removed (with its contents) when dropped.
 #[derive(Debug)]

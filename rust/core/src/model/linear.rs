@@ -281,7 +281,7 @@ fn quantization_residual(
 mod tests {
     use super::*;
     use crate::quant::{quantize_activations_into, quantize_weights};
-    use crate::testing::SplitMix64;
+    use crate::testing::{weight_residual, SplitMix64};
 
     const N: usize = 24;
     const K: usize = 37;
@@ -368,12 +368,7 @@ mod tests {
     /// A linear with residual weights, from f32 weights `w` `[N, K]`, and the plain one.
     fn residual_pair(w: &[f32], bias: &[f32]) -> (Int8Linear, Int8Linear) {
         let codes = quantize_weights(w, N, K).unwrap();
-        let left: Vec<f32> = w
-            .iter()
-            .zip(codes.dequantize())
-            .map(|(a, b)| a - b)
-            .collect();
-        let residual = PackedWeights::new(&quantize_weights(&left, N, K).unwrap()).unwrap();
+        let residual = PackedWeights::new(&weight_residual(w, N, K)).unwrap();
         let plain = Int8Linear::new(PackedWeights::new(&codes).unwrap(), bias.to_vec()).unwrap();
         let with = plain.clone().with_residual(Some(residual)).unwrap();
         (plain, with)
